@@ -1,0 +1,213 @@
+// Package image defines the process image: everything cryo records about a process
+// besides the contents of its memory pages, which live in the page store.
+//
+// An Image is encoded as JSON and stored with the snapshot's manifest. Its fields are
+// what the restorer needs to rebuild the process: the memory layout, the thread
+// state and the file descriptors. Nothing in it is trusted on restore without
+// checks: the restorer validates addresses, sizes and paths before it acts on them.
+package image
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Version is the version of the Image encoding. A snapshot whose image has a newer
+// version is refused.
+const Version = 1
+
+// Image describes one checkpointed process.
+type Image struct {
+	Version int    `json:"version"`
+	Pid     int    `json:"pid"`
+	Comm    string `json:"comm"`
+	Exe     string `json:"exe"`
+
+	// Kernel is the release of the kernel the process ran on (uname -r). The vdso
+	// and the xsave layout must match on restore.
+	Kernel string `json:"kernel"`
+
+	MM      MM       `json:"mm"`
+	VMAs    []VMA    `json:"vmas"`
+	Threads []Thread `json:"threads"`
+	FDs     []FD     `json:"fds"`
+}
+
+// MM holds the fields that prctl(PR_SET_MM_MAP) restores, read from /proc/PID/stat
+// and /proc/PID/auxv.
+type MM struct {
+	StartCode  uint64   `json:"start_code"`
+	EndCode    uint64   `json:"end_code"`
+	StartData  uint64   `json:"start_data"`
+	EndData    uint64   `json:"end_data"`
+	StartBrk   uint64   `json:"start_brk"`
+	Brk        uint64   `json:"brk"`
+	StartStack uint64   `json:"start_stack"`
+	ArgStart   uint64   `json:"arg_start"`
+	ArgEnd     uint64   `json:"arg_end"`
+	EnvStart   uint64   `json:"env_start"`
+	EnvEnd     uint64   `json:"env_end"`
+	Auxv       []uint64 `json:"auxv"`
+}
+
+// VMAKind says how a memory range is rebuilt.
+type VMAKind string
+
+// The kinds of VMA.
+const (
+	VMAAnon       VMAKind = "anon"        // private or shared anonymous memory (heap, stack, mmap)
+	VMAFile       VMAKind = "file"        // a mapping of a file, reopened by path
+	VMAVdso       VMAKind = "vdso"        // [vdso], moved to its address
+	VMAVvar       VMAKind = "vvar"        // [vvar], moved to its address
+	VMAVvarVclock VMAKind = "vvar_vclock" // [vvar_vclock], moved to its address
+	VMAVsyscall   VMAKind = "vsyscall"    // [vsyscall], fixed by the kernel; left alone
+)
+
+// VMA is one line of /proc/PID/maps with what restore needs to map it again.
+type VMA struct {
+	Start uint64  `json:"start"`
+	End   uint64  `json:"end"`
+	Kind  VMAKind `json:"kind"`
+
+	// Prot is PROT_READ|PROT_WRITE|PROT_EXEC as mmap takes it.
+	Prot int `json:"prot"`
+
+	// Shared is true for MAP_SHARED mappings.
+	Shared bool `json:"shared,omitempty"`
+
+	// GrowsDown marks the main stack (VM_GROWSDOWN).
+	GrowsDown bool `json:"grows_down,omitempty"`
+
+	// Name is the pathname column of maps: a file path, or [heap], [stack] and
+	// the like for anonymous ranges.
+	Name string `json:"name,omitempty"`
+
+	// For file mappings: offset in the file, and the device and inode the file had,
+	// so that restore can tell when the path now names another file.
+	Pgoff uint64 `json:"pgoff,omitempty"`
+	Dev   uint64 `json:"dev,omitempty"`
+	Ino   uint64 `json:"ino,omitempty"`
+
+	// Pages records whether the range has pages in the page store: anonymous
+	// memory, and the copied-on-write pages of private file mappings.
+	Pages bool `json:"pages,omitempty"`
+}
+
+// Len is the size of the range in bytes.
+func (v VMA) Len() uint64 { return v.End - v.Start }
+
+// Thread is the CPU and signal state of one thread.
+type Thread struct {
+	Tid int `json:"tid"`
+
+	// Regs is the x86-64 user_regs_struct, 27 words in kernel order.
+	Regs Regs `json:"regs"`
+
+	// Xstate is the NT_X86_XSTATE register set as PTRACE_GETREGSET returned it.
+	Xstate []byte `json:"xstate"`
+
+	// SigMask is the blocked signal mask.
+	SigMask uint64 `json:"sigmask"`
+
+	// Rseq is the thread's restartable-sequences registration, if any.
+	Rseq *Rseq `json:"rseq,omitempty"`
+}
+
+// Regs is struct user_regs_struct of x86-64 (asm/user.h), field for field.
+type Regs struct {
+	R15, R14, R13, R12, Rbp, Rbx, R11, R10   uint64
+	R9, R8, Rax, Rcx, Rdx, Rsi, Rdi, OrigRax uint64
+	Rip, Cs, Eflags, Rsp, Ss, FsBase, GsBase uint64
+	Ds, Es, Fs, Gs                           uint64
+}
+
+// Rseq is what PTRACE_GET_RSEQ_CONFIGURATION reports (kernel 5.13+).
+type Rseq struct {
+	Ptr   uint64 `json:"ptr"`
+	Size  uint32 `json:"size"`
+	Sig   uint32 `json:"sig"`
+	Flags uint32 `json:"flags"`
+}
+
+// FDKind says what kind of object a file descriptor refers to.
+type FDKind string
+
+// The kinds of file descriptor cryo rebuilds.
+const (
+	FDFile    FDKind = "file"    // a regular file, directory or character device, reopened by path
+	FDPipe    FDKind = "pipe"    // one end of a pipe whose both ends the process holds
+	FDEventfd FDKind = "eventfd" // an eventfd with its counter
+	FDEpoll   FDKind = "epoll"   // an epoll instance with its interest list
+	FDStdio   FDKind = "stdio"   // a terminal or outside pipe, reconnected to the restorer's stdio
+)
+
+// FD is one open file descriptor.
+type FD struct {
+	Num  int    `json:"num"`
+	Kind FDKind `json:"kind"`
+
+	// Flags are the open file status flags as fdinfo shows them (O_ACCMODE,
+	// O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.
+	Flags int `json:"flags"`
+
+	// Cloexec is the descriptor flag FD_CLOEXEC.
+	Cloexec bool `json:"cloexec,omitempty"`
+
+	// File: path, position, and identity of the file when checkpointed.
+	Path string `json:"path,omitempty"`
+	Pos  int64  `json:"pos,omitempty"`
+	Dev  uint64 `json:"dev,omitempty"`
+	Ino  uint64 `json:"ino,omitempty"`
+	Mode uint32 `json:"mode,omitempty"`
+
+	Pipe    *Pipe    `json:"pipe,omitempty"`
+	Eventfd *Eventfd `json:"eventfd,omitempty"`
+	Epoll   *Epoll   `json:"epoll,omitempty"`
+}
+
+// Pipe describes one end of a pipe. The two ends share an ID (the pipe inode);
+// the end that reads carries the bytes that were buffered and unread.
+type Pipe struct {
+	ID       uint64 `json:"id"`
+	ReadEnd  bool   `json:"read_end"`
+	Size     int    `json:"size,omitempty"` // F_GETPIPE_SZ
+	Buffered []byte `json:"buffered,omitempty"`
+}
+
+// Eventfd is the state of an eventfd.
+type Eventfd struct {
+	Count     uint64 `json:"count"`
+	Semaphore bool   `json:"semaphore,omitempty"`
+}
+
+// Epoll is an epoll instance and its interest list.
+type Epoll struct {
+	Watches []EpollWatch `json:"watches"`
+}
+
+// EpollWatch is one entry of an epoll interest list.
+type EpollWatch struct {
+	// FD is the descriptor number the watch was added under; on restore it names
+	// the same file (checked with kcmp at checkpoint).
+	FD     int    `json:"fd"`
+	Events uint32 `json:"events"` // including EPOLLET, EPOLLONESHOT, ...
+	Data   uint64 `json:"data"`
+}
+
+// Marshal encodes the image.
+func (im *Image) Marshal() ([]byte, error) {
+	return json.Marshal(im)
+}
+
+// Unmarshal decodes an image and checks its version.
+func Unmarshal(b []byte) (*Image, error) {
+	var im Image
+	if err := json.Unmarshal(b, &im); err != nil {
+		return nil, fmt.Errorf("decode process image: %w", err)
+	}
+	if im.Version > Version {
+		return nil, fmt.Errorf("decode process image: version %d is newer than this cryo (%d)",
+			im.Version, Version)
+	}
+	return &im, nil
+}
