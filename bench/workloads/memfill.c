@@ -1,0 +1,184 @@
+/*
+ * memfill: fills N MiB with pages of known, mixed content, waits, and checks
+ * every page is still what it wrote.
+ *
+ * Usage: memfill MIB TRIGGER
+ *
+ * The region is one anonymous private mapping of MIB MiB. Page i holds, by
+ * i % 8:
+ *   0     never touched (not even present; reads as zero)
+ *   1     written, then zeroed again (present, all zero)
+ *   2, 3  text: a line naming the page, repeated (distinct, compressible)
+ *   4, 5  random: xorshift output seeded from the page number (incompressible)
+ *   6, 7  duplicate: a copy of one of DUP_TEMPLATES random template pages
+ * so a quarter of the pages are zero, a quarter are duplicates of only
+ * DUP_TEMPLATES distinct contents, a quarter compress well and a quarter not
+ * at all.
+ *
+ * It prints "pages N zero Z text T random R dup D templates K", then
+ * "checksum <hex>" and "ready", then polls every 10 ms for TRIGGER to exist.
+ * After the trigger it recomputes the checksum ("checksum <hex>"), checks
+ * every page against its generator (printing "page <i> (<class>) differs"
+ * for the first few that do not match) and prints "OK" (exit 0) or "FAILED"
+ * (exit 1).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+#define DUP_TEMPLATES 16
+
+static unsigned char *region;
+static size_t npages;
+
+static uint64_t splitmix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static void fill_random(unsigned char *p, uint64_t seed)
+{
+	uint64_t s = splitmix(seed) | 1;
+	uint64_t *w = (uint64_t *)p;
+	for (int i = 0; i < PAGE / 8; i++) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		w[i] = s;
+	}
+}
+
+static void fill_text(unsigned char *p, size_t page)
+{
+	char line[96];
+	int n = snprintf(line, sizeof line, "memfill text page %zu: the quick brown fox.\n", page);
+	for (int off = 0; off < PAGE; off += n)
+		memcpy(p + off, line, (size_t)(PAGE - off) < (size_t)n ? (size_t)(PAGE - off) : (size_t)n);
+}
+
+static const char *class_name(size_t i)
+{
+	switch (i % 8) {
+	case 0: return "untouched zero";
+	case 1: return "zeroed";
+	case 2: case 3: return "text";
+	case 4: case 5: return "random";
+	default: return "duplicate";
+	}
+}
+
+/* expected writes the content page i must hold into p. */
+static void expected(unsigned char *p, size_t i)
+{
+	switch (i % 8) {
+	case 0:
+	case 1:
+		memset(p, 0, PAGE);
+		break;
+	case 2:
+	case 3:
+		fill_text(p, i);
+		break;
+	case 4:
+	case 5:
+		fill_random(p, i);
+		break;
+	default:
+		fill_random(p, 0xd0d0d0d0ULL + (i / 8 * 2 + i % 2) % DUP_TEMPLATES);
+		break;
+	}
+}
+
+/* checksum is FNV-1a over 64-bit words of every page, in order. */
+static uint64_t checksum(void)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const uint64_t *w = (const uint64_t *)region;
+	size_t n = npages * PAGE / 8;
+	for (size_t i = 0; i < n; i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3) {
+		fprintf(stderr, "usage: memfill MIB TRIGGER\n");
+		return 2;
+	}
+	size_t mib = strtoul(argv[1], NULL, 10);
+	npages = mib * 1024 * 1024 / PAGE;
+	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
+	if (region == MAP_FAILED) {
+		perror("mmap");
+		return 2;
+	}
+
+	size_t counts[8] = {0};
+	for (size_t i = 0; i < npages; i++) {
+		unsigned char *p = region + i * PAGE;
+		counts[i % 8]++;
+		if (i % 8 == 0)
+			continue;
+		if (i % 8 == 1) {
+			memset(p, 0x5a, PAGE);
+			memset(p, 0, PAGE);
+			continue;
+		}
+		expected(p, i);
+	}
+	say("pages %zu zero %zu text %zu random %zu dup %zu templates %d\n", npages,
+	    counts[0] + counts[1], counts[2] + counts[3], counts[4] + counts[5],
+	    counts[6] + counts[7], DUP_TEMPLATES);
+	uint64_t before = checksum();
+	say("checksum %016llx\n", (unsigned long long)before);
+	say("ready\n");
+
+	struct timespec tick = {0, 10 * 1000 * 1000};
+	while (access(argv[2], F_OK) != 0)
+		nanosleep(&tick, NULL);
+
+	uint64_t after = checksum();
+	say("checksum %016llx\n", (unsigned long long)after);
+	int bad = 0;
+	unsigned char *want = malloc(PAGE);
+	for (size_t i = 0; i < npages; i++) {
+		expected(want, i);
+		if (memcmp(want, region + i * PAGE, PAGE) != 0) {
+			if (bad < 10)
+				say("page %zu (%s) differs\n", i, class_name(i));
+			bad++;
+		}
+	}
+	if (bad || after != before) {
+		say("FAILED: %d pages differ, checksum %016llx want %016llx\n", bad,
+		    (unsigned long long)after, (unsigned long long)before);
+		return 1;
+	}
+	say("OK\n");
+	return 0;
+}
