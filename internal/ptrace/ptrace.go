@@ -1,0 +1,134 @@
+// Package ptrace wraps the ptrace requests cryo needs beyond golang.org/x/sys/unix:
+// register sets, the signal mask, the rseq configuration and waiting for stops.
+//
+// Every call except Wait must come from the OS thread that attached to the tracee;
+// callers lock that goroutine to its thread with runtime.LockOSThread.
+package ptrace
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Requests and constants from linux/ptrace.h that x/sys/unix lacks or names differently.
+const (
+	PTRACE_GETREGSET              = 0x4204
+	PTRACE_SETREGSET              = 0x4205
+	PTRACE_SEIZE                  = 0x4206
+	PTRACE_GETSIGMASK             = 0x420a
+	PTRACE_SETSIGMASK             = 0x420b
+	PTRACE_GET_RSEQ_CONFIGURATION = 0x420f
+	PTRACE_EVENT_STOP             = 0x80
+	NT_PRSTATUS                   = 1
+	NT_X86_XSTATE                 = 0x202
+	rseqConfigurationSize         = 32
+	xstateMaxSize                 = 16384
+	sigsetSize                    = 8
+	PTRACE_O_TRACESYSGOOD         = 0x1
+	PTRACE_O_TRACEFORK            = 0x2
+	PTRACE_O_EXITKILL             = 0x100000
+)
+
+// Seize attaches to pid without stopping it (PTRACE_SEIZE, Linux 3.4+), with options.
+func Seize(pid int, options int) error {
+	return ignoreEINTR(func() error { return ptrace(PTRACE_SEIZE, pid, 0, uintptr(options)) })
+}
+
+// Interrupt stops a seized tracee (PTRACE_INTERRUPT); Wait reports the stop.
+func Interrupt(pid int) error { return unix.PtraceInterrupt(pid) }
+
+// Detach lets the tracee run on, delivering sig (0 for none).
+func Detach(pid int, sig int) error {
+	return ptrace(unix.PTRACE_DETACH, pid, 0, uintptr(sig))
+}
+
+// Cont resumes a stopped tracee, delivering sig (0 for none).
+func Cont(pid int, sig int) error { return unix.PtraceCont(pid, sig) }
+
+// Regs is struct user_regs_struct of x86-64.
+type Regs = unix.PtraceRegs
+
+// GetRegs reads the general registers of a stopped tracee.
+func GetRegs(pid int) (Regs, error) {
+	var r Regs
+	err := unix.PtraceGetRegs(pid, &r)
+	return r, err
+}
+
+// SetRegs writes the general registers of a stopped tracee.
+func SetRegs(pid int, r *Regs) error { return unix.PtraceSetRegs(pid, r) }
+
+// GetXstate reads the NT_X86_XSTATE register set (FPU, SSE, AVX and the rest of the
+// XSAVE area) and returns as many bytes as the kernel filled.
+func GetXstate(pid int) ([]byte, error) {
+	buf := make([]byte, xstateMaxSize)
+	n, err := getRegset(pid, NT_X86_XSTATE, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// SetXstate writes an NT_X86_XSTATE register set taken by GetXstate on this machine.
+func SetXstate(pid int, xstate []byte) error {
+	return setRegset(pid, NT_X86_XSTATE, xstate)
+}
+
+// GetSigmask reads the blocked signal mask (Linux 3.11+).
+func GetSigmask(pid int) (uint64, error) {
+	var mask uint64
+	err := getSigmask(pid, &mask)
+	return mask, err
+}
+
+// SetSigmask writes the blocked signal mask; SIGKILL and SIGSTOP are ignored by the kernel.
+func SetSigmask(pid int, mask uint64) error { return setSigmask(pid, mask) }
+
+// RseqConfig is struct ptrace_rseq_configuration.
+type RseqConfig struct {
+	Ptr   uint64
+	Size  uint32
+	Sig   uint32
+	Flags uint32
+	_     uint32
+}
+
+// GetRseqConfig reads the thread's rseq registration (Linux 5.13+). Ptr is zero when
+// the thread registered none.
+func GetRseqConfig(pid int) (RseqConfig, error) {
+	var c RseqConfig
+	err := getRseq(pid, &c)
+	return c, err
+}
+
+// Status is a wait status with the helpers the tracer needs.
+type Status = unix.WaitStatus
+
+// Wait waits for a state change of the tracee pid, retrying EINTR.
+func Wait(pid int) (Status, error) {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, unix.WALL, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return ws, fmt.Errorf("wait for pid %d: %w", pid, err)
+		}
+		return ws, nil
+	}
+}
+
+// Event returns the PTRACE_EVENT_* number of a stop, or 0.
+func Event(ws Status) int { return int(ws>>16) & 0xff }
+
+func ignoreEINTR(f func() error) error {
+	for {
+		err := f()
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
