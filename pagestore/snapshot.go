@@ -83,7 +83,7 @@ func (s *Store) readManifest(id string) (*manifest, error) {
 		err = formatErr("manifest names snapshot %q", m.ID)
 	}
 	if err != nil {
-		return nil, &CorruptionError{Path: path, Offset: -1, Snapshot: id, Reason: "manifest",
+		return nil, &CorruptionError{Path: path, Offset: -1, Snapshot: id,
 			Err: err}
 	}
 	return m, nil
