@@ -160,6 +160,18 @@ type FD struct {
 	Ino  uint64 `json:"ino,omitempty"`
 	Mode uint32 `json:"mode,omitempty"`
 
+	// Rdev is the device number a character device names (major:minor as
+	// unix.Mkdev builds it). For devices it is checked on restore instead of
+	// Dev and Ino, which change when /dev is recreated at boot.
+	Rdev uint64 `json:"rdev,omitempty"`
+
+	// DupOf is set when this descriptor shares its open file description (and
+	// so its offset and status flags) with the lower-numbered descriptor
+	// *DupOf, as dup, dup2 and fork leave them. Restore makes it with dup3 from
+	// that number. Such an FD carries Num, Kind, Flags, Cloexec and Path; its
+	// kind-specific state lives in the FD it duplicates.
+	DupOf *int `json:"dup_of,omitempty"`
+
 	Pipe    *Pipe    `json:"pipe,omitempty"`
 	Eventfd *Eventfd `json:"eventfd,omitempty"`
 	Epoll   *Epoll   `json:"epoll,omitempty"`
