@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The environment TestMain prepares once for every test.
+var (
+	// cryoBin is the cryo binary under test.
+	cryoBin string
+
+	// binDir holds the compiled C workloads.
+	binDir string
+
+	// workloadsDir is bench/workloads in the repository.
+	workloadsDir string
+
+	// pythonBin is the python3 interpreter the python workloads run under.
+	pythonBin string
+
+	// skipReason, when set, is why this machine cannot run the tests at all
+	// (not root, no userfaultfd). requireE2E skips or fails with it.
+	skipReason string
+
+	// setupErr is a broken build (cryo or a workload): every test fails with it.
+	setupErr error
+)
+
+// cWorkloads are the C programs in bench/workloads, built with gcc -O2.
+var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "syscallwait"}
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	tmp, err := os.MkdirTemp("", "cryo-e2e-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 2
+	}
+	defer os.RemoveAll(tmp)
+
+	skipReason = probeEnvironment()
+	if skipReason != "" {
+		fmt.Fprintf(os.Stderr, "\n*** e2e: cannot run here: %s ***\n\n", skipReason)
+	}
+	setupErr = build(tmp)
+	if setupErr != nil {
+		fmt.Fprintf(os.Stderr, "\n*** e2e: setup: %v ***\n\n", setupErr)
+	}
+	return m.Run()
+}
+
+// requireE2E stops t when the machine cannot run end-to-end tests: it skips
+// with the reason, or fails when CRYO_E2E_REQUIRE=1; and it fails when the
+// build of cryo or of a workload failed.
+func requireE2E(t *testing.T) {
+	t.Helper()
+	if skipReason != "" {
+		if os.Getenv("CRYO_E2E_REQUIRE") == "1" {
+			t.Fatalf("e2e tests required (CRYO_E2E_REQUIRE=1) but cannot run: %s", skipReason)
+		}
+		t.Skipf("SKIPPING end-to-end test: %s", skipReason)
+	}
+	if setupErr != nil {
+		t.Fatalf("e2e setup: %v", setupErr)
+	}
+}
+
+// probeEnvironment returns why this machine cannot checkpoint and restore
+// processes, or "" when it can.
+func probeEnvironment() string {
+	if os.Geteuid() != 0 {
+		return fmt.Sprintf("these tests need root (running as uid %d): cryo uses "+
+			"ptrace on any process, clone3 set_tid and PR_SET_MM", os.Geteuid())
+	}
+
+	// userfaultfd(2) exists since Linux 4.3; root may always use it.
+	fd, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
+	if errno != 0 {
+		return fmt.Sprintf("the kernel refuses userfaultfd(2): %v "+
+			"(lazy restore needs CONFIG_USERFAULTFD)", errno)
+	}
+	unix.Close(int(fd))
+	return ""
+}
+
+// build compiles cryo (unless CRYO_BIN names one) and the C workloads into dir.
+func build(dir string) error {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		return fmt.Errorf("find the repository root: %w", err)
+	}
+	workloadsDir = filepath.Join(root, "bench", "workloads")
+	binDir = filepath.Join(dir, "bin")
+	if err := os.Mkdir(binDir, 0o755); err != nil {
+		return err
+	}
+
+	pythonBin = "/usr/bin/python3"
+	if _, err := os.Stat(pythonBin); err != nil {
+		if pythonBin, err = exec.LookPath("python3"); err != nil {
+			return fmt.Errorf("find python3: %w", err)
+		}
+	}
+
+	var errs []error
+	cryoBin = os.Getenv("CRYO_BIN")
+	if cryoBin == "" {
+		cryoBin = filepath.Join(dir, "cryo")
+		cmd := exec.Command("go", "build", "-o", cryoBin, "./cmd/cryo")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("go build ./cmd/cryo: %w\n%s", err, out))
+		}
+	}
+	for _, name := range cWorkloads {
+		src := filepath.Join(workloadsDir, name+".c")
+		cmd := exec.Command("gcc", "-O2", "-Wall", "-o", filepath.Join(binDir, name), src)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("gcc %s: %w\n%s", src,
+				err, strings.TrimSpace(string(out))))
+		}
+	}
+	return errors.Join(errs...)
+}
