@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,12 +169,15 @@ func TestRestorePidTaken(t *testing.T) {
 	}
 }
 
-// requireNoProcess checks no process named name is alive, nor pid.
+// requireNoProcess checks no process named name is alive, nor pid, nor any
+// process still running the cryo binary (a restore host left behind).
 func requireNoProcess(t *testing.T, name string, pid int) {
 	t.Helper()
 	time.Sleep(200 * time.Millisecond) // let a killed process be reaped
-	if pids := procsNamed(name); len(pids) > 0 {
-		t.Errorf("processes named %s are running: %v", name, pids)
+	pids := procsNamed(name)
+	pids = append(pids, procsRunning(cryoBin)...)
+	if len(pids) > 0 {
+		t.Errorf("processes named %s or running cryo are alive: %v", name, pids)
 		for _, p := range pids {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
@@ -250,4 +254,25 @@ func flipMiddle(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	t.Logf("damaged %s: inverted 16 bytes at offset %d of %d", path, mid, len(b))
+}
+
+// procsRunning returns the live processes whose executable is path.
+func procsRunning(path string) []int {
+	want, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err == nil && exe == want && processAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

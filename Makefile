@@ -1,0 +1,51 @@
+# cryo: build, test, demo and benchmark targets.
+#
+#   make demo    build cryo and run it on a python3 program (tests/demo.sh)
+#   make test    install gcc and python3 if missing, then go vet and go test
+#   make e2e     only the end-to-end tests, verbose (timings in the log)
+#   make bench   the benchmark suite
+#
+# The end-to-end tests and the demo need root and a kernel with userfaultfd.
+
+GO ?= go
+BIN := bin/cryo
+TEST_TIMEOUT ?= 20m
+
+# Fail the end-to-end tests, instead of skipping them, when this machine
+# cannot run them (not root, no userfaultfd). Set to 0 to allow skipping.
+CRYO_E2E_REQUIRE ?= 1
+export CRYO_E2E_REQUIRE
+
+.PHONY: all build deps test e2e demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cryo
+
+# deps installs what the tests build and run, only when it is missing.
+deps:
+	@missing=""; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && apt-get install -y $$missing; \
+	fi
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+e2e: deps
+	$(GO) test -v -count=1 -timeout $(TEST_TIMEOUT) ./tests/e2e/
+
+demo: deps build
+	tests/demo.sh $(BIN)
+
+bench: build
+	$(GO) run ./bench
+
+clean:
+	rm -rf bin
+	$(GO) clean -testcache
