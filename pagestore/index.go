@@ -5,9 +5,10 @@ import (
 	"sort"
 )
 
-// loc is the in-memory index entry of one page or block: 40 bytes with padding,
-// so ten million pages take about 400 MB less than... see docs/FORMAT.md for the
-// budget. Entries live in one slice sorted by id; lookups are binary searches.
+// loc is the in-memory index entry of one page or block: 40 bytes with padding
+// (the budget is 64), so ten million pages take 400 MB. Entries of all packs live
+// in one slice sorted by id; lookups are binary searches. Each pack index is
+// already sorted on disk, so opening a store merges runs instead of sorting.
 type loc struct {
 	id   PageID
 	off  uint64 // frame offset in the pack
