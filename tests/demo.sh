@@ -3,7 +3,7 @@
 #
 # Starts bench/workloads/progress.py (a python3 program that builds about
 # 300 MiB of objects in 40 steps, logging progress to a file), checkpoints it
-# at step 10 into a fresh store, kills it with SIGKILL, restores it lazily with
+# at step 24 (of 40) into a fresh store, kills it with SIGKILL, restores it lazily with
 # `cryo restore latest`, lets it finish, and compares its progress file with
 # that of an uninterrupted run. Prints the timings and the verdict; exits 0
 # only when the two files are byte-identical.
@@ -42,12 +42,12 @@ t=$(now)
 "$python" "$script" "$work/reference.txt" 40 0.01 >"$work/reference.stdout"
 echo "   finished in $(since "$t"): $(tail -n 1 "$work/reference.txt")"
 
-echo "== run: start progress.py, checkpoint it at step 10"
-"$python" "$script" "$work/progress.txt" 40 0.25 >"$work/progress.stdout" &
+echo "== run: start progress.py, checkpoint it at step 24"
+"$python" "$script" "$work/progress.txt" 40 0.3 >"$work/progress.stdout" &
 pid=$!
 deadline=$((SECONDS + 60))
-until grep -q '^step 10 ' "$work/progress.txt" 2>/dev/null; do
-	if [ $SECONDS -gt $deadline ]; then echo "demo: progress.py never reached step 10" >&2; exit 1; fi
+until grep -q '^step 24 ' "$work/progress.txt" 2>/dev/null; do
+	if [ $SECONDS -gt $deadline ]; then echo "demo: progress.py never reached step 24" >&2; exit 1; fi
 	sleep 0.02
 done
 echo "   pid $pid, VmRSS $(awk '/^VmRSS/ { print $2 / 1024 " MiB" }' /proc/$pid/status)"
@@ -67,7 +67,12 @@ fi
 
 echo "== cryo restore latest (lazy), in the foreground until the program exits"
 t=$(now)
-"$cryo" --store "$store" restore latest
+status=0
+"$cryo" --store "$store" restore latest || status=$?
+if [ $status != 0 ]; then
+	echo "RESULT: FAILED: cryo restore exited $status after $(since "$t")"
+	exit 1
+fi
 echo "   restored program exited 0 after $(since "$t")"
 
 echo "== compare"

@@ -48,13 +48,21 @@ func TestRestoreMissing(t *testing.T) {
 	if after := m.p.out.String(); after != before {
 		t.Errorf("a memfill ran: its output grew to:\n%s", after)
 	}
+
+	// The control: the snapshot the store does hold restores.
+	rr := startRestore(t, store, "latest")
+	rr.waitRunning(t, m.p.pid)
+	rr.restoreOK(t, m.p.out)
+	if lastLine(m.p.out.String()) != "OK" {
+		t.Errorf("memfill restored from the store's snapshot did not report OK:\n%s", m.p.out)
+	}
 }
 
 // damage is one way to break a stored snapshot.
 type damage struct {
 	name string
 
-	// apply damages the store; id is the snapshot.
+	// apply damages the store; id is the snapshot. Nil for the control.
 	apply func(t *testing.T, store, id string)
 
 	// lazyMayStart: the damage is in page data, which a lazy restore may only
@@ -67,10 +75,12 @@ type damage struct {
 // and no process is left running, nor did one report on its memory. Damage
 // to the manifest must be found before anything starts; damage to page data
 // must stop an eager restore before the process runs, and kill a lazily
-// restored process before it can use the bad page.
+// restored process before it can use the bad page. A control case runs the
+// same steps on an undamaged snapshot, which must restore.
 func TestRestoreCorrupt(t *testing.T) {
 	requireE2E(t)
 	damages := []damage{
+		{"none", nil, true}, // the control: the same steps restore an undamaged snapshot
 		{"manifest-flip", func(t *testing.T, store, id string) {
 			flipMiddle(t, manifestFile(t, store, id))
 		}, false},
@@ -90,8 +100,9 @@ func TestRestoreCorrupt(t *testing.T) {
 	}
 	for _, d := range damages {
 		for _, eager := range []bool{true, false} {
-			if !eager && !d.lazyMayStart {
-				// Manifest damage: the lazy path is the same check; run once.
+			if eager && !d.lazyMayStart {
+				// Manifest damage is found before any page is read, whatever
+				// the mode: run it once, in the default (lazy) mode.
 				continue
 			}
 			mode := "lazy"
@@ -103,7 +114,9 @@ func TestRestoreCorrupt(t *testing.T) {
 				m := startMemfill(t, 32)
 				id := checkpoint(t, store, m.p.pid)
 				m.p.kill(t)
-				d.apply(t, store, id)
+				if d.apply != nil {
+					d.apply(t, store, id)
+				}
 				touch(t, m.trigger)
 				before := m.p.out.String()
 
@@ -112,6 +125,14 @@ func TestRestoreCorrupt(t *testing.T) {
 					args = append(args, "--eager")
 				}
 				r := startRestore(t, store, args...)
+				if d.apply == nil {
+					r.waitRunning(t, m.p.pid)
+					r.restoreOK(t, m.p.out)
+					if lastLine(m.p.out.String()) != "OK" {
+						t.Errorf("undamaged snapshot: memfill did not report OK:\n%s", m.p.out)
+					}
+					return
+				}
 				code := r.wait(t, restoreTimeout)
 				t.Logf("restore of damaged snapshot: exit %d after %v, stderr:\n%s",
 					code, r.took, r.stderr)

@@ -35,13 +35,14 @@ func TestPythonProgressLazy(t *testing.T) {
 		t.Fatalf("reference run did not verify itself:\n%s", wantFile)
 	}
 
-	// The run to checkpoint at step 10 of 40, with 0.25 s between steps.
+	// The run to checkpoint at step 24 of 40 (about 180 MiB built), with 0.3 s
+	// between steps: time for the checkpoint to finish before the run does.
 	outFile := filepath.Join(dir, "progress.txt")
-	p := start(t, spawn{argv: []string{pythonBin, script, outFile, "40", "0.25"}, env: env,
+	p := start(t, spawn{argv: []string{pythonBin, script, outFile, "40", "0.3"}, env: env,
 		stderrFile: filepath.Join(dir, "progress.err")})
-	waitOutput(t, fileOutput(outFile), "step 10 ", readyTimeout)
+	waitOutput(t, fileOutput(outFile), "step 24 ", readyTimeout)
 	rss, _ := statusField(p.pid, "VmRSS")
-	t.Logf("python pid %d at step 10, VmRSS %d MiB", p.pid, rss/1024)
+	t.Logf("python pid %d at step 24, VmRSS %d MiB", p.pid, rss/1024)
 
 	checkpoint(t, store, p.pid)
 	p.kill(t)
