@@ -230,7 +230,8 @@ func (p *pipeOutput) String() string {
 	return p.buf.String()
 }
 
-// waitOutput waits until out holds want, and returns what it holds.
+// waitOutput waits until out holds want, and returns what it holds. It fails
+// at once when the workload reports a failure ("FAIL") instead.
 func waitOutput(t *testing.T, out output, want string, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -238,6 +239,9 @@ func waitOutput(t *testing.T, out output, want string, timeout time.Duration) st
 		s := out.String()
 		if strings.Contains(s, want) {
 			return s
+		}
+		if strings.Contains(s, "FAIL") {
+			t.Fatalf("waiting for %q, the workload reported a failure:\n%s", want, s)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q within %v; output so far:\n%s", want, timeout, s)

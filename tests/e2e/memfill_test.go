@@ -211,3 +211,42 @@ func TestDedupAcrossSnapshots(t *testing.T) {
 	r.waitRunning(t, m.p.pid)
 	m.checkRestored(t, r)
 }
+
+// TestDetach checks `cryo restore --detach` returns, exit 0, once the process
+// runs, leaving it running on its own (its memory still served lazily), and
+// that the background page server exits once every page is in.
+func TestDetach(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 64)
+	checkpoint(t, store, m.p.pid)
+	m.p.kill(t)
+
+	r := startRestore(t, store, "latest", "--detach")
+	if code := r.wait(t, cryoTimeout); code != 0 {
+		t.Fatalf("cryo restore --detach exited %d; stderr:\n%s", code, r.stderr)
+	}
+	t.Logf("timing: cryo restore --detach returned after %v", r.took)
+	if pid := r.readPid(); pid != m.p.pid {
+		t.Fatalf("pidfile holds %d after --detach returned, want %d", pid, m.p.pid)
+	}
+	if !processAlive(m.p.pid) {
+		t.Fatalf("restored pid %d is not running after --detach returned", m.p.pid)
+	}
+
+	touch(t, m.trigger)
+	waitOutput(t, m.p.out, "OK\n", restoreTimeout)
+	sums := checksumLines(m.p.out.String())
+	if len(sums) != 2 || sums[1] != m.sum {
+		t.Errorf("memfill checksums %q, want %q twice", sums, m.sum)
+	}
+
+	deadline := time.Now().Add(readyTimeout)
+	for len(procsRunning(cryoBin)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cryo processes %v still running %v after every page was in",
+				procsRunning(cryoBin), readyTimeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
