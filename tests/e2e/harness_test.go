@@ -121,7 +121,8 @@ func logCryo(t *testing.T, what, stderr string) {
 	}
 }
 
-// listSnapshots returns the ids `cryo ls` prints: the first field of each line.
+// listSnapshots returns the ids `cryo ls` prints: the first field of each
+// line, skipping a header line (its first field in capitals, "SNAPSHOT").
 func listSnapshots(t *testing.T, store string) []string {
 	t.Helper()
 	r := cryo(t, store, "ls")
@@ -129,10 +130,12 @@ func listSnapshots(t *testing.T, store string) []string {
 		t.Fatalf("cryo ls: exit %d\nstderr:\n%s", r.exit, r.stderr)
 	}
 	var ids []string
-	for _, line := range strings.Split(r.stdout, "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			ids = append(ids, f[0])
+	for i, line := range strings.Split(r.stdout, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || i == 0 && f[0] == strings.ToUpper(f[0]) && f[0] != strings.ToLower(f[0]) {
+			continue
 		}
+		ids = append(ids, f[0])
 	}
 	return ids
 }
