@@ -412,11 +412,15 @@ func (p *planner) lowest() int {
 	return n
 }
 
+// oLargefile is O_LARGEFILE as the kernel shows it in fdinfo on x86-64, where it
+// is set on every open file; x/sys/unix defines it as 0 there.
+const oLargefile = 0o100000
+
 // openFlags keeps the status flags of an open file description that openat
 // reproduces; O_CREAT and the like are not kept by the kernel anyway.
 func openFlags(f int) int {
 	const keep = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_SYNC |
-		unix.O_DSYNC | unix.O_DIRECT | unix.O_LARGEFILE | unix.O_NOATIME | unix.O_PATH |
+		unix.O_DSYNC | unix.O_DIRECT | oLargefile | unix.O_NOATIME | unix.O_PATH |
 		unix.O_DIRECTORY | unix.O_NOFOLLOW
 	return f&keep | unix.O_NOCTTY
 }
