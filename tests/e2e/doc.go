@@ -12,7 +12,8 @@
 //
 // What the tests assume of the CLI beyond its usage text:
 //   - `cryo checkpoint PID` prints only the snapshot id on stdout;
-//   - `cryo ls` prints one snapshot per line, its id first;
+//   - `cryo ls` prints one snapshot per line, its id first (after an optional
+//     header line in capitals);
 //   - `cryo restore` writes nothing of its own to stdout (its stdout carries
 //     the restored process's stdout when that was a terminal or pipe);
 //   - `cryo inspect --json` holds the object described at snapshotStats.
