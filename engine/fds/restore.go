@@ -103,7 +103,7 @@ func (x *executor) run(o *op) error {
 	case opFillPipe:
 		err = x.fillPipe(o.fd, o.data)
 	case opCheckFile:
-		err = x.checkFile(o.rec)
+		return x.checkFile(o.rec)
 	case opEpollAdd:
 		// struct epoll_event is packed on x86-64: u32 events, u64 data.
 		ev := binary.NativeEndian.AppendUint32(nil, o.events)
