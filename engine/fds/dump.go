@@ -167,6 +167,11 @@ func classifyOne(pid int, d *desc, byNum map[int]*desc) error {
 		if d.info.Eventfd == nil {
 			return fmt.Errorf("fd %d: eventfd without eventfd-count in fdinfo", fd.Num)
 		}
+		if !d.info.Eventfd.HasSemaphore {
+			// The kernel does not say whether it is a semaphore.
+			return &UnsupportedError{FD: fd.Num,
+				Kind: link + " (fdinfo without eventfd-semaphore: kernel too old)"}
+		}
 		fd.Kind = image.FDEventfd
 		fd.Pos, fd.Mode = 0, 0
 		fd.Eventfd = &image.Eventfd{

@@ -44,7 +44,10 @@ func classifyPipes(pid int, ds []*desc) error {
 		e := pipes[ino]
 		if len(e.read) > 0 && len(e.write) > 0 {
 			if len(e.read) > 1 || len(e.write) > 1 {
-				d := append(e.read[1:], e.write[1:]...)[0]
+				d := e.write[len(e.write)-1]
+				if len(e.read) > 1 {
+					d = e.read[1]
+				}
 				return &UnsupportedError{FD: d.fd.Num,
 					Kind: d.link + " (an end opened more than once, not by dup)"}
 			}

@@ -69,21 +69,19 @@ type op struct {
 	events uint32
 	path   string
 	data   []byte
-	rec    *image.FD // the FD this step is for
+	rec    *image.FD // the FD this step is for; nil for closing an inherited fd
 }
 
 // planner holds the simulated descriptor table while a plan is built.
 type planner struct {
-	used    map[int]bool
-	targets map[int]bool
-	limit   uint64
-	ops     []op
+	used map[int]bool // numbers open in the target at this point of the plan
+	ops  []op
 }
 
 // plan builds the steps that turn a target holding the descriptors open into one
 // holding fds. limit is the target's RLIMIT_NOFILE soft limit.
 func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
-	p := &planner{used: make(map[int]bool), targets: make(map[int]bool), limit: limit}
+	p := &planner{used: make(map[int]bool)}
 	byNum := make(map[int]*image.FD, len(fds))
 	for i := range fds {
 		fd := &fds[i]
@@ -95,7 +93,6 @@ func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
 			return nil, fmt.Errorf("fd %d: recorded twice", fd.Num)
 		}
 		byNum[fd.Num] = fd
-		p.targets[fd.Num] = true
 	}
 	if err := validate(fds, byNum); err != nil {
 		return nil, err
@@ -136,9 +133,7 @@ func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
 		if p.used[n] || isDup(fd, stdio, open) {
 			continue // kept stdio, the other end of a pipe, or a dup
 		}
-		if err := p.create(fd, byNum, stdio); err != nil {
-			return nil, err
-		}
+		p.create(fd, byNum, stdio)
 	}
 
 	// Step 3: the dups.
@@ -150,7 +145,8 @@ func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
 		if fd.DupOf == nil {
 			panic(fmt.Sprintf("fds: plan left fd %d unplaced", n))
 		}
-		p.emit(op{code: opDup3, fd: *fd.DupOf, to: n, flags: cloexecFlag(fd.Cloexec, unix.O_CLOEXEC), rec: fd})
+		flags := cloexecFlag(fd.Cloexec, unix.O_CLOEXEC)
+		p.emit(op{code: opDup3, fd: *fd.DupOf, to: n, flags: flags, rec: fd})
 		p.used[n] = true
 	}
 
@@ -251,7 +247,7 @@ func validate(fds []image.FD, byNum map[int]*image.FD) error {
 
 // create plans the creation of fd's object (and, for a pipe, its other end) at
 // its number.
-func (p *planner) create(fd *image.FD, byNum map[int]*image.FD, stdio Stdio) error {
+func (p *planner) create(fd *image.FD, byNum map[int]*image.FD, stdio Stdio) {
 	cloexec := cloexecFlag(fd.Cloexec, unix.O_CLOEXEC)
 	switch fd.Kind {
 	case image.FDStdio:
@@ -301,7 +297,6 @@ func (p *planner) create(fd *image.FD, byNum map[int]*image.FD, stdio Stdio) err
 	default:
 		panic(fmt.Sprintf("fds: plan for kind %q", fd.Kind)) // validate let it through
 	}
-	return nil
 }
 
 // single plans a creation returning one descriptor, and its move to its number.

@@ -261,8 +261,10 @@ func TestPlanErrors(t *testing.T) {
 		open  []int
 		want  string
 	}{
-		{"above the limit", cat(file(3), file(1024)), Stdio{}, []int{0, 1, 2}, "fd 1024: number not below"},
-		{"foreign collision", cat(file(3), file(7)), Stdio{}, []int{0, 1, 2, 7}, "fd 7: the target already"},
+		{"above the limit", cat(file(3), file(1024)), Stdio{}, []int{0, 1, 2},
+			"fd 1024: number not below"},
+		{"foreign collision", cat(file(3), file(7)), Stdio{}, []int{0, 1, 2, 7},
+			"fd 7: the target already"},
 		{"stdio without inherited", cat(stdioFD(1)), Stdio{}, []int{0, 2}, "fd 1: stdio to keep"},
 		{"one pipe end", pipeFDs(1, 3, 4)[:1], Stdio{}, nil, "pipe 1: only one end"},
 		{"dup of nothing", cat(dupOf(5, 4, "file")), Stdio{}, nil, "fd 5: dup of fd 4"},

@@ -24,8 +24,9 @@ import (
 //
 // Files are reopened by path and must be the files that were checkpointed (same
 // device and inode, or device number for character devices), else the error
-// matches ErrFileChanged. Pipe data is written back by cryo through
-// /proc/PID/fd/N. Epoll instances get their watches once every descriptor exists;
+// matches ErrFileChanged; a missing file keeps its errno (unix.ENOENT). Pipe data
+// is written back by cryo through /proc/PID/fd/N, as one byte stream: the packet
+// boundaries of an O_DIRECT pipe are not kept. Epoll instances get their watches once every descriptor exists;
 // events that were pending are found again by the kernel for level-triggered
 // watches, and re-reported once for edge-triggered ones that are ready.
 func Restore(r Remote, fds []image.FD, stdio Stdio) error {
@@ -44,8 +45,13 @@ func Restore(r Remote, fds []image.FD, stdio Stdio) error {
 	}
 	x := executor{r: r, pid: pid}
 	for i := range ops {
-		if err := x.run(&ops[i]); err != nil {
-			return fmt.Errorf("restore fds of pid %d: fd %d: %w", pid, ops[i].rec.Num, err)
+		o := &ops[i]
+		if err := x.run(o); err != nil {
+			num := o.fd
+			if o.rec != nil {
+				num = o.rec.Num
+			}
+			return fmt.Errorf("restore fds of pid %d: fd %d: %w", pid, num, err)
 		}
 	}
 	return nil

@@ -25,8 +25,10 @@ type Fdinfo struct {
 type EventfdInfo struct {
 	Count uint64
 	ID    int
-	// Semaphore is EFD_SEMAPHORE; kernels before 6.6 do not show it.
-	Semaphore bool
+	// Semaphore is EFD_SEMAPHORE. Older kernels do not print the
+	// eventfd-semaphore line; it then reads false, and HasSemaphore says so.
+	Semaphore    bool
+	HasSemaphore bool
 }
 
 // EpollTfd is one watch of an epoll instance:
@@ -107,6 +109,7 @@ func ParseFdinfo(b []byte) (*Fdinfo, error) {
 			fi.eventfd().ID, err = strconv.Atoi(val)
 		case "eventfd-semaphore":
 			fi.eventfd().Semaphore = val != "0"
+			fi.eventfd().HasSemaphore = true
 
 		case "tfd":
 			var t EpollTfd
