@@ -26,9 +26,10 @@ import (
 // device and inode, or device number for character devices), else the error
 // matches ErrFileChanged; a missing file keeps its errno (unix.ENOENT). Pipe data
 // is written back by cryo through /proc/PID/fd/N, as one byte stream: the packet
-// boundaries of an O_DIRECT pipe are not kept. Epoll instances get their watches once every descriptor exists;
-// events that were pending are found again by the kernel for level-triggered
-// watches, and re-reported once for edge-triggered ones that are ready.
+// boundaries of an O_DIRECT pipe are not kept. Epoll instances get their watches
+// once every descriptor exists; events that were pending are found again by the
+// kernel for level-triggered watches, and reported again for edge-triggered ones
+// whose file is ready.
 func Restore(r Remote, fds []image.FD, stdio Stdio) error {
 	pid := r.Pid()
 	open, err := procfs.ReadFDs(pid)

@@ -237,8 +237,8 @@ func TestReadSelf(t *testing.T) {
 	exe, _ := os.Executable()
 	// The state is the main thread's, which may sleep while a test runs on
 	// another thread.
-	if st.Pid != pid || !strings.ContainsRune("RS", rune(st.State)) || st.StartCode == 0 || st.EnvEnd <= st.EnvStart ||
-		len(st.Comm) == 0 || len(st.Comm) > 15 || filepath.Base(exe)[:len(st.Comm)] != st.Comm {
+	if st.Pid != pid || !strings.ContainsRune("RS", rune(st.State)) || st.StartCode == 0 ||
+		st.EnvEnd <= st.EnvStart || len(st.Comm) == 0 || len(st.Comm) > 15 || filepath.Base(exe)[:len(st.Comm)] != st.Comm {
 		t.Errorf("stat of self: %+v", st)
 	}
 
