@@ -3,6 +3,7 @@ package fds
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -203,7 +204,8 @@ func TestDump(t *testing.T) {
 }
 
 // TestDumpUnsupported gives a child one descriptor of each kind cryo does not
-// support, at fd 3, and checks the error names it.
+// support, at fd 3, and checks the error names it. The test's own copies are
+// close-on-exec, so that no child inherits another's.
 func TestDumpUnsupported(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -220,19 +222,19 @@ func TestDumpUnsupported(t *testing.T) {
 		want string
 	}{
 		{"tcp socket", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)))
+			return fdFile(t, must(unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)))
 		}, "fd 3: socket:[* (TCP socket): not supported"},
 		{"unix socket", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)))
+			return fdFile(t, must(unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)))
 		}, "fd 3: socket:[* (unix datagram socket): not supported"},
 		{"timerfd", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.TimerfdCreate(unix.CLOCK_MONOTONIC, 0)))
+			return fdFile(t, must(unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)))
 		}, "fd 3: anon_inode:[timerfd]: not supported"},
 		{"inotify", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.InotifyInit1(0)))
+			return fdFile(t, must(unix.InotifyInit1(unix.IN_CLOEXEC)))
 		}, "fd 3: anon_inode:inotify: not supported"},
 		{"memfd", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.MemfdCreate("x y", 0)))
+			return fdFile(t, must(unix.MemfdCreate("x y", unix.MFD_CLOEXEC)))
 		}, "fd 3: /memfd:x y (deleted) (memfd): not supported"},
 		{"deleted file", func(t *testing.T) *os.File {
 			f, err := os.Create(filepath.Join(dir, "gone"))
@@ -281,7 +283,7 @@ func TestDumpUnsupported(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			waitExec(t, cmd.Process.Pid, sleep)
+			waitSleeping(t, cmd.Process.Pid)
 
 			_, err := Dump(cmd.Process.Pid, DumpOptions{})
 			var ue *UnsupportedError
@@ -296,18 +298,21 @@ func TestDumpUnsupported(t *testing.T) {
 	}
 }
 
-// waitExec waits until process pid runs program exe (after fork, before exec,
-// it still has the test's descriptors).
-func waitExec(t *testing.T, pid int, exe string) {
+// waitSleeping waits until process pid, a sleep(1), is blocked in its sleep:
+// past execve and the dynamic loader, which open and close descriptors.
+func waitSleeping(t *testing.T, pid int) {
 	t.Helper()
-	want, _ := filepath.EvalSymlinks(exe)
+	want := []string{fmt.Sprint(unix.SYS_CLOCK_NANOSLEEP), fmt.Sprint(unix.SYS_NANOSLEEP)}
+	var b []byte
 	for range 1000 {
-		if got, _ := os.Readlink(procfs.Path(pid, "exe")); got == want {
+		b, _ = os.ReadFile(procfs.Path(pid, "syscall"))
+		nr, _, _ := strings.Cut(string(b), " ")
+		if slices.Contains(want, nr) {
 			return
 		}
 		unix.Nanosleep(&unix.Timespec{Nsec: 1e6}, nil)
 	}
-	t.Fatalf("pid %d did not exec %s", pid, exe)
+	t.Fatalf("pid %d is not sleeping: /proc/%d/syscall says %q", pid, pid, b)
 }
 
 func fdFile(t *testing.T, fd int) *os.File { return os.NewFile(uintptr(fd), "test fd") }

@@ -238,7 +238,8 @@ func TestReadSelf(t *testing.T) {
 	// The state is the main thread's, which may sleep while a test runs on
 	// another thread.
 	if st.Pid != pid || !strings.ContainsRune("RS", rune(st.State)) || st.StartCode == 0 ||
-		st.EnvEnd <= st.EnvStart || len(st.Comm) == 0 || len(st.Comm) > 15 || filepath.Base(exe)[:len(st.Comm)] != st.Comm {
+		st.EnvEnd <= st.EnvStart || len(st.Comm) == 0 || len(st.Comm) > 15 ||
+		!strings.HasPrefix(filepath.Base(exe), st.Comm) {
 		t.Errorf("stat of self: %+v", st)
 	}
 
