@@ -21,6 +21,11 @@ import (
 // not disturb the process: data buffered in its pipes is copied with tee(2) and
 // stays where it is.
 //
+// Kernel features: kcmp (CONFIG_KCMP; KCMP_EPOLL_TFD from 4.13) to find dups and
+// check epoll watches, and the eventfd-semaphore line of fdinfo (recent kernels;
+// 6.18 has it). pidfd_getfd (5.6) is used only to name the kind of a socket in an
+// error.
+//
 // A descriptor of a kind cryo cannot restore fails the whole dump with an
 // *UnsupportedError (errors.Is(err, ErrUnsupported)) naming the lowest such fd.
 func Dump(pid int, opts DumpOptions) ([]image.FD, error) {

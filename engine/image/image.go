@@ -113,12 +113,13 @@ type Thread struct {
 	Rseq *Rseq `json:"rseq,omitempty"`
 }
 
-// Regs is struct user_regs_struct of x86-64 (asm/user.h), field for field.
+// Regs is struct user_regs_struct of x86-64 (asm/user.h), field for field, with the
+// field names of unix.PtraceRegs so that the two convert into each other.
 type Regs struct {
-	R15, R14, R13, R12, Rbp, Rbx, R11, R10   uint64
-	R9, R8, Rax, Rcx, Rdx, Rsi, Rdi, OrigRax uint64
-	Rip, Cs, Eflags, Rsp, Ss, FsBase, GsBase uint64
-	Ds, Es, Fs, Gs                           uint64
+	R15, R14, R13, R12, Rbp, Rbx, R11, R10     uint64
+	R9, R8, Rax, Rcx, Rdx, Rsi, Rdi, Orig_rax  uint64
+	Rip, Cs, Eflags, Rsp, Ss, Fs_base, Gs_base uint64
+	Ds, Es, Fs, Gs                             uint64
 }
 
 // Rseq is what PTRACE_GET_RSEQ_CONFIGURATION reports (kernel 5.13+).

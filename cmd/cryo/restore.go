@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/engine"
+)
+
+// restoreFlags are the options of cryo restore.
+type restoreFlags struct {
+	eager, detach, noPrefetch bool
+	pidfile                   string
+	stdio                     [3]string
+
+	// readyFD is set in the background process that --detach starts: the fd of
+	// the pipe on which it reports the restored pid, or an error.
+	readyFD int
+}
+
+func (a *app) restoreCmd() *cobra.Command {
+	f := &restoreFlags{}
+	cmd := &cobra.Command{
+		Use:   "restore [SNAPSHOT|latest]",
+		Short: "Rebuild a process from a snapshot and run it",
+		Long: "Rebuilds the process of a snapshot (default: latest) with its pid, memory, " +
+			"registers and file descriptors. Lazy by default: the process runs at once and " +
+			"its pages are served on demand while the rest streams in. cryo restore stays " +
+			"in the foreground and exits with the process's exit status, unless --detach.\n\n" +
+			"Descriptors 0, 1 and 2 that were a terminal or a pipe to outside the process " +
+			"are connected to cryo restore's own stdin, stdout and stderr, or to the files " +
+			"--stdin, --stdout and --stderr name.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref := "latest"
+			if len(args) == 1 {
+				ref = args[0]
+			}
+			if f.detach && f.readyFD == 0 {
+				return a.detachRestore(ref)
+			}
+			return a.restore(ref, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&f.eager, "eager", false, "install every page before the process runs")
+	fl.BoolVar(&f.detach, "detach", false,
+		"return once the process runs; a background page server finishes the restore")
+	fl.BoolVar(&f.noPrefetch, "no-prefetch", false, "serve only the pages the process touches")
+	fl.StringVar(&f.pidfile, "pidfile", "", "write the restored pid to this file")
+	fl.StringVar(&f.stdio[0], "stdin", "", "file for a restored stdin that was a terminal or pipe")
+	fl.StringVar(&f.stdio[1], "stdout", "", "file for a restored stdout that was a terminal or pipe")
+	fl.StringVar(&f.stdio[2], "stderr", "", "file for a restored stderr that was a terminal or pipe")
+	fl.IntVar(&f.readyFD, "ready-fd", 0, "internal: report readiness of a detached restore here")
+	fl.MarkHidden("ready-fd")
+	return cmd
+}
+
+// restore rebuilds the process and serves its pages. In the foreground it returns the
+// process's exit status as an exitError; detached, it reports the pid on the ready
+// pipe and returns when every page is in.
+func (a *app) restore(ref string, f *restoreFlags) (err error) {
+	var ready *os.File
+	if f.readyFD != 0 {
+		ready = os.NewFile(uintptr(f.readyFD), "ready")
+		defer func() {
+			if err != nil {
+				fmt.Fprintf(ready, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+			}
+			ready.Close()
+		}()
+	}
+
+	var stdio [3]*os.File
+	for i, p := range f.stdio {
+		if p == "" {
+			continue
+		}
+		flag := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		if i == 0 {
+			flag = os.O_RDONLY
+		}
+		file, err := os.OpenFile(p, flag, 0o644)
+		if err != nil {
+			return fmt.Errorf("restore: open stdio file: %w", err)
+		}
+		defer file.Close()
+		stdio[i] = file
+	}
+
+	st, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	// Ctrl-C reaches the restored process directly (it shares our process group);
+	// cryo must stay alive to serve its pages. Termination requests are passed on.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT)
+	defer signal.Stop(sigs)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := engine.Restore(ctx, st, ref, engine.RestoreOptions{
+		Logger:     a.log,
+		Eager:      f.eager,
+		NoPrefetch: f.noPrefetch,
+		Stdio:      stdio,
+	})
+	if err != nil {
+		return err
+	}
+	if f.pidfile != "" {
+		if err := os.WriteFile(f.pidfile, []byte(strconv.Itoa(r.Pid)+"\n"), 0o644); err != nil {
+			unix.Kill(r.Pid, unix.SIGKILL)
+			return fmt.Errorf("restore: write pid file: %w", err)
+		}
+	}
+	a.log.Info("restored", "snapshot", r.Snapshot, "pid", r.Pid, "to_run", r.ToRun)
+
+	if ready != nil {
+		fmt.Fprintf(ready, "pid %d\n", r.Pid)
+		ready.Close()
+		ready = nil
+		return r.Serve(ctx)
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- r.Serve(ctx) }()
+	go func() {
+		for s := range sigs {
+			if s == unix.SIGTERM || s == unix.SIGHUP {
+				unix.Kill(r.Pid, s.(syscall.Signal))
+			}
+		}
+	}()
+	ps, err := r.Wait()
+	cancel()
+	if serr := <-served; serr != nil && !errors.Is(serr, context.Canceled) {
+		a.log.Warn("page server stopped with an error", "pid", r.Pid, "err", serr)
+	}
+	if err != nil {
+		return fmt.Errorf("restore: wait for pid %d: %w", r.Pid, err)
+	}
+	return exitError{code: exitCode(ps)}
+}
+
+// exitCode turns a wait status into a shell-style exit status.
+func exitCode(ps *os.ProcessState) int {
+	ws := ps.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// detachRestore runs the restore in a background copy of cryo, in its own session,
+// and returns once that copy reports the process running (or its error).
+func (a *app) detachRestore(ref string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("restore --detach: find own executable: %w", err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("restore --detach: %w", err)
+	}
+	defer pr.Close()
+
+	args := append([]string{}, os.Args[1:]...)
+	args = append(args, "--ready-fd=3")
+	cmd := exec.Command(exe, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return fmt.Errorf("restore --detach: start page server: %w", err)
+	}
+	pw.Close()
+	cmd.Process.Release()
+
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case strings.HasPrefix(line, "pid "):
+		fmt.Println(strings.TrimPrefix(line, "pid "))
+		return nil
+	case strings.HasPrefix(line, "error "):
+		return errors.New(strings.TrimPrefix(line, "error "))
+	default:
+		return fmt.Errorf("restore --detach: background restore ended without a report (%v)", err)
+	}
+}

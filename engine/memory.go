@@ -1,0 +1,163 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/engine/image"
+	"github.com/cryo-dev/cryo/internal/procfs"
+)
+
+// pageRun is a run of consecutive pages to copy.
+type pageRun struct {
+	addr  uint64
+	pages uint64
+}
+
+// Bits of a /proc/PID/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmPresent = 1 << 63
+	pmSwapped = 1 << 62
+	pmFile    = 1 << 61 // a page of a file or of shared anonymous memory
+)
+
+// pagemapChunk is how many pagemap entries planCopy reads at a time (4 MiB).
+const pagemapChunk = 512 * 1024
+
+// planCopy decides which pages of the stopped process hold data that the snapshot
+// must keep: the present or swapped pages of private anonymous ranges, every page
+// of shared anonymous ranges (the data may live in the shared object without being
+// mapped here), and the copied-on-write pages of private file mappings. Clean file
+// pages come back from the file.
+func planCopy(pid int, vmas []image.VMA) ([]pageRun, error) {
+	pm, err := os.Open(procfs.Path(pid, "pagemap"))
+	if err != nil {
+		return nil, fmt.Errorf("open pagemap: %w", err)
+	}
+	defer pm.Close()
+
+	var runs []pageRun
+	first := 0 // runs before this index belong to earlier ranges and never grow
+	add := func(addr uint64) {
+		if n := len(runs); n > first && runs[n-1].addr+runs[n-1].pages*pageSize == addr {
+			runs[n-1].pages++
+			return
+		}
+		runs = append(runs, pageRun{addr: addr, pages: 1})
+	}
+
+	buf := make([]byte, 8*pagemapChunk)
+	for _, v := range vmas {
+		if !v.Pages {
+			continue
+		}
+		first = len(runs)
+		if v.Kind == image.VMAAnon && v.Shared {
+			runs = append(runs, pageRun{addr: v.Start, pages: v.Len() / pageSize})
+			continue
+		}
+		fileBacked := v.Kind == image.VMAFile
+		for addr := v.Start; addr < v.End; {
+			n := min((v.End-addr)/pageSize, pagemapChunk)
+			b := buf[:n*8]
+			if _, err := pm.ReadAt(b, int64(addr/pageSize*8)); err != nil {
+				return nil, fmt.Errorf("read pagemap at %#x: %w", addr, err)
+			}
+			for i := uint64(0); i < n; i++ {
+				e := binary.LittleEndian.Uint64(b[i*8:])
+				switch {
+				case e&pmSwapped != 0:
+					add(addr + i*pageSize)
+				case e&pmPresent == 0:
+				case fileBacked && e&pmFile != 0:
+					// A clean page of the file itself.
+				default:
+					add(addr + i*pageSize)
+				}
+			}
+			addr += n * pageSize
+		}
+	}
+	return runs, nil
+}
+
+// iovMax is IOV_MAX: the most iovecs process_vm_readv takes in one call.
+const iovMax = 1024
+
+// copyPages copies the runs of the stopped process into one buffer, in order.
+// Ranges the process cannot read itself (PROT_NONE, write-only) go through
+// /proc/PID/mem, which reads them as a debugger would.
+func copyPages(pid int, vmas []image.VMA, runs []pageRun) ([]byte, error) {
+	var total uint64
+	for _, r := range runs {
+		total += r.pages * pageSize
+	}
+	buf := make([]byte, total)
+
+	var mem *os.File
+	defer func() {
+		if mem != nil {
+			mem.Close()
+		}
+	}()
+
+	var local []unix.Iovec
+	var remote []unix.RemoteIovec
+	flush := func() error {
+		if len(remote) == 0 {
+			return nil
+		}
+		want := 0
+		for _, r := range remote {
+			want += r.Len
+		}
+		n, err := unix.ProcessVMReadv(pid, local, remote, 0)
+		if err != nil {
+			return fmt.Errorf("read memory at %#x: %w", remote[0].Base, err)
+		}
+		if n != want {
+			return fmt.Errorf("read memory at %#x: got %d of %d bytes", remote[0].Base, n, want)
+		}
+		local, remote = local[:0], remote[:0]
+		return nil
+	}
+
+	off := uint64(0)
+	vi := 0
+	for _, r := range runs {
+		for vi < len(vmas) && vmas[vi].End <= r.addr {
+			vi++
+		}
+		n := r.pages * pageSize
+		dst := buf[off : off+n]
+		off += n
+		if vi < len(vmas) && vmas[vi].Prot&unix.PROT_READ == 0 {
+			if mem == nil {
+				var err error
+				if mem, err = os.Open(procfs.Path(pid, "mem")); err != nil {
+					return nil, fmt.Errorf("open memory: %w", err)
+				}
+			}
+			if _, err := mem.ReadAt(dst, int64(r.addr)); err != nil {
+				return nil, fmt.Errorf("read memory at %#x: %w", r.addr, err)
+			}
+			continue
+		}
+		iov := unix.Iovec{Base: &dst[0]}
+		iov.SetLen(len(dst))
+		local = append(local, iov)
+		remote = append(remote, unix.RemoteIovec{Base: uintptr(r.addr), Len: int(n)})
+		if len(remote) == iovMax {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}

@@ -1,0 +1,793 @@
+package engine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/engine/fds"
+	"github.com/cryo-dev/cryo/engine/image"
+	"github.com/cryo-dev/cryo/engine/remote"
+	"github.com/cryo-dev/cryo/internal/procfs"
+	"github.com/cryo-dev/cryo/internal/ptrace"
+	"github.com/cryo-dev/cryo/lazy"
+	"github.com/cryo-dev/cryo/pagestore"
+)
+
+// RestoreOptions controls Restore.
+type RestoreOptions struct {
+	// Logger receives progress at phase boundaries; nil is silent.
+	Logger *slog.Logger
+
+	// Eager installs every page before the process runs. Otherwise the process runs
+	// at once and its pages are served over userfaultfd as it touches them.
+	Eager bool
+
+	// NoPrefetch keeps a lazy restore from fetching pages nobody asked for.
+	NoPrefetch bool
+
+	// Stdio are the files the restored process gets for descriptors of kind stdio
+	// (a terminal or pipe outside the process when it was checkpointed). A nil entry
+	// means the restorer's own os.Stdin, os.Stdout or os.Stderr.
+	Stdio [3]*os.File
+
+	// LazyMetrics, when set, collects page-server figures.
+	LazyMetrics *lazy.Metrics
+}
+
+// Restored is a process that Restore rebuilt and set running.
+type Restored struct {
+	// Pid is the restored process's pid, the one it had when checkpointed.
+	Pid int
+
+	// Snapshot is the id of the snapshot it was restored from.
+	Snapshot string
+
+	// ToRun is the time from the start of Restore until the process ran again.
+	ToRun time.Duration
+
+	server *lazy.Server
+	served chan error // the page server's result
+	cancel context.CancelFunc
+	snap   *pagestore.Snapshot
+	proc   *os.Process
+	start  time.Time
+	log    *slog.Logger
+}
+
+// Restore rebuilds the process of snapshot ref (an id, a unique id prefix, or
+// "latest") from store, and lets it run. The restored process is a child of the
+// calling process, with the pid it had; Restore fails with ErrPidInUse when that pid
+// belongs to another process.
+//
+// For a lazy restore the caller must then call Serve, which answers the process's
+// page faults until every page is in.
+func Restore(ctx context.Context, store *pagestore.Store, ref string, opts RestoreOptions) (
+	_ *Restored, err error) {
+
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+
+	snap, err := store.OpenSnapshot(ref)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", ref, err)
+	}
+	defer func() {
+		if err != nil {
+			snap.Close()
+		}
+	}()
+	id := snap.Info().ID
+	im, err := image.Unmarshal(snap.Image())
+	if err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", id, err)
+	}
+	if err := checkImage(im); err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", id, err)
+	}
+	pages, err := loadPages(snap, im)
+	if err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", id, err)
+	}
+
+	for i, f := range opts.Stdio {
+		if f == nil {
+			opts.Stdio[i] = []*os.File{os.Stdin, os.Stdout, os.Stderr}[i]
+		}
+	}
+
+	// Every ptrace request must come from the tracer thread: build the process on
+	// a goroutine locked to one OS thread, which exits with it.
+	type result struct {
+		r   *Restored
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		r, err := rebuild(ctx, im, snap, pages, opts, log)
+		done <- result{r, err}
+	}()
+	res := <-done
+	if res.err != nil {
+		return nil, fmt.Errorf("restore snapshot %s: %w", id, res.err)
+	}
+
+	r := res.r
+	r.Snapshot = id
+	r.snap = snap
+	r.start = start
+	r.ToRun = time.Since(start)
+	r.log = log
+	log.Info("process running", "snapshot", id, "pid", r.Pid, "lazy", !opts.Eager,
+		"to_run", r.ToRun)
+	return r, nil
+}
+
+// Serve waits until the page server has installed every page, the process is
+// gone, or ctx ends, and returns the server's error. After an eager restore the
+// server has nothing to do and returns at once.
+func (r *Restored) Serve(ctx context.Context) error {
+	var err error
+	select {
+	case err = <-r.served:
+	case <-ctx.Done():
+		r.cancel()
+		err = <-r.served
+	}
+	r.served <- err // later calls see the same result
+	r.snap.Close()
+	st := r.server.Stats()
+	r.log.Info("page server done", "pid", r.Pid, "since_start", time.Since(r.start),
+		"faults", st.Faults, "prefetched", st.PrefetchedPages)
+	return err
+}
+
+// Stats returns the page server's figures.
+func (r *Restored) Stats() lazy.Stats {
+	return r.server.Stats()
+}
+
+// Wait waits for the restored process to exit and returns its wait status.
+func (r *Restored) Wait() (*os.ProcessState, error) {
+	return r.proc.Wait()
+}
+
+// pageSet is the page map of a snapshot split the way restore uses it.
+type pageSet struct {
+	// anon holds the non-zero pages of private anonymous ranges: the page server
+	// installs them with UFFDIO_COPY.
+	anon map[uint64]pagestore.PageID
+	// anonAddrs is the sorted list of anon's keys.
+	anonAddrs []uint64
+	// direct holds the pages written before the process runs through /proc/PID/mem:
+	// the copied-on-write pages of private file mappings and shared anonymous pages,
+	// which userfaultfd cannot serve in MISSING mode.
+	direct []pagestore.PageEntry
+}
+
+// loadPages reads the snapshot's page map and checks every page against the layout:
+// a page outside the ranges that hold pages means a damaged or forged snapshot.
+func loadPages(snap *pagestore.Snapshot, im *image.Image) (*pageSet, error) {
+	entries, err := snap.PageMap()
+	if err != nil {
+		return nil, fmt.Errorf("read page map: %w", err)
+	}
+	ps := &pageSet{anon: make(map[uint64]pagestore.PageID)}
+	vmas := im.VMAs
+	i := 0
+	for _, e := range entries {
+		for i < len(vmas) && vmas[i].End <= e.Addr {
+			i++
+		}
+		if i == len(vmas) || e.Addr < vmas[i].Start || !vmas[i].Pages {
+			return nil, fmt.Errorf("page map: page %#x lies outside every range that holds pages",
+				e.Addr)
+		}
+		if e.Zero {
+			continue
+		}
+		v := vmas[i]
+		if v.Kind == image.VMAAnon && !v.Shared {
+			ps.anon[e.Addr] = e.ID
+			ps.anonAddrs = append(ps.anonAddrs, e.Addr)
+		} else {
+			ps.direct = append(ps.direct, e)
+		}
+	}
+	sort.Slice(ps.anonAddrs, func(a, b int) bool { return ps.anonAddrs[a] < ps.anonAddrs[b] })
+	return ps, nil
+}
+
+// pageSource serves a snapshot's anonymous pages to the lazy page server.
+type pageSource struct {
+	snap *pagestore.Snapshot
+	ps   *pageSet
+}
+
+func (s *pageSource) Pages() []uint64 { return s.ps.anonAddrs }
+
+func (s *pageSource) ReadPage(addr uint64, dst []byte) error {
+	id, ok := s.ps.anon[addr]
+	if !ok {
+		return fmt.Errorf("page %#x: not in snapshot %s", addr, s.snap.Info().ID)
+	}
+	if err := s.snap.ReadPage(id, dst); err != nil {
+		return fmt.Errorf("page %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// checkImage rejects images this restorer cannot rebuild, before any process exists.
+func checkImage(im *image.Image) error {
+	if len(im.Threads) != 1 {
+		return fmt.Errorf("image has %d threads; only single-threaded processes are supported",
+			len(im.Threads))
+	}
+	if im.Pid <= 1 {
+		return fmt.Errorf("image has invalid pid %d", im.Pid)
+	}
+	var prev uint64
+	for _, v := range im.VMAs {
+		if v.Kind == image.VMAVsyscall {
+			continue // fixed by the kernel, above user space
+		}
+		if v.Start%pageSize != 0 || v.End%pageSize != 0 || v.Start >= v.End || v.Start < prev {
+			return fmt.Errorf("image has invalid range %#x-%#x", v.Start, v.End)
+		}
+		if v.End > userSpaceEnd {
+			return fmt.Errorf("image has range %#x-%#x beyond user space", v.Start, v.End)
+		}
+		prev = v.End
+	}
+	if k := kernelRelease(); im.Kernel != "" && k != im.Kernel {
+		return fmt.Errorf("snapshot was taken on kernel %s, this is %s: the vdso and "+
+			"register layout may differ", im.Kernel, k)
+	}
+	return nil
+}
+
+// atFDCWD is AT_FDCWD (-100) as a syscall argument.
+const atFDCWD = ^uint64(99)
+
+// negErrno is how a system call returns errno e in rax.
+func negErrno(e unix.Errno) uint64 { return uint64(-int64(e)) }
+
+const (
+	pageSize     = 4096
+	userSpaceEnd = 0x7ffffffff000 // TASK_SIZE_MAX of x86-64 with 4-level paging
+)
+
+// rebuild does the ptrace part of a restore. It runs on the locked tracer thread.
+func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps *pageSet,
+	opts RestoreOptions, log *slog.Logger) (_ *Restored, err error) {
+
+	// 1. The host: this executable, stopped at its execve.
+	host, err := startHost(opts.Stdio)
+	if err != nil {
+		return nil, err
+	}
+	defer killHost(host)
+
+	hostMaps, err := procfs.ReadMaps(host.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("read host layout: %w", err)
+	}
+	tramp, err := freeArea(im.VMAs, hostMaps, remote.TrampolineSize)
+	if err != nil {
+		return nil, err
+	}
+	hostTask, err := remote.Bootstrap(host.Pid, tramp)
+	if err != nil {
+		return nil, err
+	}
+
+	// 2. The process itself, cloned from the host with the checkpointed pid. From
+	// here on a failure must kill it: it is half built.
+	pid, err := cloneWithPid(hostTask, im.Pid)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unix.Kill(pid, unix.SIGKILL)
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, unix.WALL, nil)
+		}
+	}()
+	opt := ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
+	if err := unix.PtraceSetOptions(pid, opt); err != nil {
+		return nil, fmt.Errorf("set ptrace options of pid %d: %w", pid, err)
+	}
+	killHost(host)
+	task := remote.Attach(pid, tramp, hostTask.Base())
+	log.Debug("host cloned", "pid", pid, "trampoline", fmt.Sprintf("%#x", tramp))
+
+	// 3. Memory layout: clear the host's, then map the checkpointed ranges.
+	if err := clearLayout(task); err != nil {
+		return nil, err
+	}
+	if err := moveSpecials(task, im.VMAs); err != nil {
+		return nil, err
+	}
+	if err := mapRanges(task, im.VMAs); err != nil {
+		return nil, err
+	}
+	if err := writeDirect(pid, snap, ps.direct); err != nil {
+		return nil, err
+	}
+	if err := setMM(task, im); err != nil {
+		return nil, err
+	}
+
+	// 4. File descriptors.
+	if err := fds.Restore(task, im.FDs, fds.Stdio{}); err != nil {
+		return nil, err
+	}
+
+	// 5. Anonymous memory goes through a userfaultfd made inside the process.
+	server, err := startPageServer(task, im, snap, ps, opts, log)
+	if err != nil {
+		return nil, err
+	}
+	served := make(chan error, 1)
+	serveCtx, cancel := context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			cancel()
+			<-served
+		}
+	}()
+	if opts.Eager {
+		if err := server.Fill(); err != nil {
+			return nil, fmt.Errorf("install pages: %w", err)
+		}
+	}
+	// From here the process may touch its memory through injected syscalls (rseq
+	// writes its area), so faults must be answered already.
+	go func() { served <- server.Serve(serveCtx) }()
+
+	// 6. The thread: rseq, signal mask, FPU state, registers; then it runs.
+	th := im.Threads[0]
+	if err := restoreThread(task, th); err != nil {
+		return nil, err
+	}
+	final := resumeRegs(th.Regs)
+	if err := task.Finish(&final); err != nil {
+		return nil, err
+	}
+
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return nil, fmt.Errorf("find restored pid %d: %w", pid, err)
+	}
+	return &Restored{Pid: pid, server: server, served: served, cancel: cancel, proc: proc}, nil
+}
+
+// freeArea finds size bytes free in both the checkpointed layout and the host's, for
+// the trampoline.
+func freeArea(vmas []image.VMA, host []procfs.VMA, size uint64) (uint64, error) {
+	type span struct{ start, end uint64 }
+	var used []span
+	for _, v := range vmas {
+		used = append(used, span{v.Start, v.End})
+	}
+	for _, m := range host {
+		used = append(used, span{m.Start, m.End})
+	}
+	sort.Slice(used, func(i, j int) bool { return used[i].start < used[j].start })
+
+	// Start above the first 4 GiB, where executables and brk heaps of both usually sit.
+	addr := uint64(1 << 32)
+	for _, u := range used {
+		if u.end <= addr {
+			continue
+		}
+		if u.start >= addr+size {
+			break
+		}
+		addr = (u.end + pageSize - 1) &^ (pageSize - 1)
+	}
+	if addr+size > userSpaceEnd {
+		return 0, errors.New("find room for the trampoline: address space full")
+	}
+	return addr, nil
+}
+
+// clearLayout unmaps everything of the host's image in the new process except the
+// trampoline and the kernel's special mappings.
+func clearLayout(t *remote.Task) error {
+	maps, err := procfs.ReadMaps(t.Pid())
+	if err != nil {
+		return fmt.Errorf("read layout of pid %d: %w", t.Pid(), err)
+	}
+	for _, m := range maps {
+		if m.Start == t.Trampoline() || specialKind(m.Path) != "" {
+			continue
+		}
+		if _, err := t.Syscall(unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+			return fmt.Errorf("unmap host range %#x-%#x %s: %w", m.Start, m.End, m.Path, err)
+		}
+	}
+	return nil
+}
+
+// specialKind names the kernel's special mappings by their maps name.
+func specialKind(name string) image.VMAKind {
+	switch name {
+	case "[vdso]":
+		return image.VMAVdso
+	case "[vvar]":
+		return image.VMAVvar
+	case "[vvar_vclock]":
+		return image.VMAVvarVclock
+	case "[vsyscall]":
+		return image.VMAVsyscall
+	}
+	return ""
+}
+
+// moveSpecials moves [vdso], [vvar] and [vvar_vclock] to their checkpointed
+// addresses. They go through a parking area first, since one's destination may be
+// where another is now. mremap must run in the process itself: the kernel moves the
+// vdso's bookkeeping only for the mm of the caller.
+func moveSpecials(t *remote.Task, vmas []image.VMA) error {
+	maps, err := procfs.ReadMaps(t.Pid())
+	if err != nil {
+		return fmt.Errorf("read layout of pid %d: %w", t.Pid(), err)
+	}
+	want := map[image.VMAKind]image.VMA{}
+	for _, v := range vmas {
+		switch v.Kind {
+		case image.VMAVdso, image.VMAVvar, image.VMAVvarVclock:
+			want[v.Kind] = v
+		}
+	}
+
+	type move struct {
+		kind         image.VMAKind
+		from, parked uint64
+		size         uint64
+		to           uint64
+	}
+	var moves []move
+	park := t.Trampoline() + remote.TrampolineSize + 16*pageSize
+	for _, m := range maps {
+		kind := specialKind(m.Path)
+		if kind == "" || kind == image.VMAVsyscall {
+			continue
+		}
+		v, ok := want[kind]
+		if !ok {
+			// The checkpointed process had none: drop ours.
+			if _, err := t.Syscall(unix.SYS_MUNMAP, m.Start, m.End-m.Start); err != nil {
+				return fmt.Errorf("unmap %s: %w", m.Path, err)
+			}
+			continue
+		}
+		if v.Len() != m.End-m.Start {
+			return fmt.Errorf("%s is %d bytes here but %d in the snapshot: another kernel",
+				m.Path, m.End-m.Start, v.Len())
+		}
+		moves = append(moves, move{kind, m.Start, park, v.Len(), v.Start})
+		park += v.Len() + pageSize
+		delete(want, kind)
+	}
+	for kind := range want {
+		return fmt.Errorf("the snapshot has a %s mapping but this kernel gives none", kind)
+	}
+
+	for _, mv := range moves {
+		if err := remap(t, mv.from, mv.size, mv.parked); err != nil {
+			return fmt.Errorf("park %s: %w", mv.kind, err)
+		}
+	}
+	for _, mv := range moves {
+		if err := remap(t, mv.parked, mv.size, mv.to); err != nil {
+			return fmt.Errorf("move %s to %#x: %w", mv.kind, mv.to, err)
+		}
+	}
+	return nil
+}
+
+func remap(t *remote.Task, from, size, to uint64) error {
+	got, err := t.Syscall(unix.SYS_MREMAP, from, size, size,
+		unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, to)
+	if err != nil {
+		return err
+	}
+	if got != to {
+		return fmt.Errorf("mremap landed at %#x", got)
+	}
+	return nil
+}
+
+// mapRanges maps every checkpointed range at its address with its protection. Files
+// are opened inside the process by path; a file whose device and inode changed since
+// the checkpoint is refused rather than mapped.
+func mapRanges(t *remote.Task, vmas []image.VMA) error {
+	scratch, _ := t.Scratch()
+	openFD := -1
+	openPath := ""
+	defer func() {
+		if openFD >= 0 {
+			t.Syscall(unix.SYS_CLOSE, uint64(openFD))
+		}
+	}()
+
+	for _, v := range vmas {
+		switch v.Kind {
+		case image.VMAVdso, image.VMAVvar, image.VMAVvarVclock, image.VMAVsyscall:
+			continue
+		}
+		flags := uint64(unix.MAP_FIXED)
+		if v.Shared {
+			flags |= unix.MAP_SHARED
+		} else {
+			flags |= unix.MAP_PRIVATE
+		}
+		if v.GrowsDown {
+			flags |= unix.MAP_GROWSDOWN
+		}
+		fd := ^uint64(0)
+		if v.Kind == image.VMAFile {
+			if v.Name != openPath {
+				if openFD >= 0 {
+					t.Syscall(unix.SYS_CLOSE, uint64(openFD))
+					openFD = -1
+				}
+				n, err := openForMap(t, scratch, v)
+				if err != nil {
+					return err
+				}
+				openFD, openPath = n, v.Name
+			}
+			fd = uint64(openFD)
+		} else {
+			flags |= unix.MAP_ANONYMOUS
+		}
+
+		got, err := t.Syscall(unix.SYS_MMAP, v.Start, v.Len(), uint64(v.Prot), flags, fd, v.Pgoff)
+		if err != nil {
+			return fmt.Errorf("map %#x-%#x %s: %w", v.Start, v.End, v.Name, err)
+		}
+		if got != v.Start {
+			return fmt.Errorf("map %#x-%#x %s: landed at %#x", v.Start, v.End, v.Name, got)
+		}
+	}
+	return nil
+}
+
+// openForMap opens the file of a file mapping inside the process, checking that the
+// path still names the file that was mapped.
+func openForMap(t *remote.Task, scratch uint64, v image.VMA) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(v.Name, &st); err != nil {
+		return -1, fmt.Errorf("map %#x-%#x: file %s: %w", v.Start, v.End, v.Name, err)
+	}
+	if v.Ino != 0 && (st.Ino != v.Ino || uint64(st.Dev) != v.Dev) {
+		return -1, fmt.Errorf("map %#x-%#x: file %s was replaced since the checkpoint "+
+			"(inode %d, was %d)", v.Start, v.End, v.Name, st.Ino, v.Ino)
+	}
+	mode := uint64(unix.O_RDONLY)
+	if v.Shared && v.Prot&unix.PROT_WRITE != 0 {
+		mode = unix.O_RDWR
+	}
+	if err := t.WriteMem(scratch, append([]byte(v.Name), 0)); err != nil {
+		return -1, err
+	}
+	fd, err := t.Syscall(unix.SYS_OPENAT, atFDCWD,
+		scratch, mode|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("map %#x-%#x: open %s in pid %d: %w", v.Start, v.End, v.Name,
+			t.Pid(), err)
+	}
+	return int(fd), nil
+}
+
+// writeDirect writes the pages that userfaultfd cannot serve through /proc/PID/mem,
+// which can write read-only private mappings (the kernel forces the write as a
+// debugger's would).
+func writeDirect(pid int, snap *pagestore.Snapshot, pages []pagestore.PageEntry) error {
+	if len(pages) == 0 {
+		return nil
+	}
+	mem, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", pid), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open memory of pid %d: %w", pid, err)
+	}
+	defer mem.Close()
+	buf := make([]byte, pageSize)
+	for _, e := range pages {
+		if err := snap.ReadPage(e.ID, buf); err != nil {
+			return fmt.Errorf("page %#x: %w", e.Addr, err)
+		}
+		if _, err := mem.WriteAt(buf, int64(e.Addr)); err != nil {
+			return fmt.Errorf("write page %#x of pid %d: %w", e.Addr, pid, err)
+		}
+	}
+	return nil
+}
+
+// setMM restores the fields of prctl(PR_SET_MM_MAP): code, data, brk, stack,
+// arguments and environment bounds, auxv, and the executable link.
+func setMM(t *remote.Task, im *image.Image) error {
+	scratch, size := t.Scratch()
+	mm := im.MM
+	if len(mm.Auxv)*8 > 512 || len(mm.Auxv)%2 != 0 {
+		return fmt.Errorf("restore mm: auxv of %d words is malformed", len(mm.Auxv))
+	}
+
+	// The executable, opened in the process for exe_fd.
+	exePath := scratch + uint64(size) - 4096
+	if err := t.WriteMem(exePath, append([]byte(im.Exe), 0)); err != nil {
+		return err
+	}
+	exeFD, err := t.Syscall(unix.SYS_OPENAT, atFDCWD,
+		exePath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("restore mm: open executable %s: %w", im.Exe, err)
+	}
+	defer t.Syscall(unix.SYS_CLOSE, exeFD)
+
+	// struct prctl_mm_map: eleven u64, the auxv pointer, auxv_size, exe_fd.
+	le := binary.LittleEndian
+	b := make([]byte, 104)
+	for i, v := range []uint64{mm.StartCode, mm.EndCode, mm.StartData, mm.EndData,
+		mm.StartBrk, mm.Brk, mm.StartStack, mm.ArgStart, mm.ArgEnd, mm.EnvStart, mm.EnvEnd} {
+		le.PutUint64(b[i*8:], v)
+	}
+	auxvAddr := scratch + 512
+	le.PutUint64(b[88:], auxvAddr)
+	le.PutUint32(b[96:], uint32(len(mm.Auxv)*8))
+	le.PutUint32(b[100:], uint32(exeFD))
+	aux := make([]byte, len(mm.Auxv)*8)
+	for i, v := range mm.Auxv {
+		le.PutUint64(aux[i*8:], v)
+	}
+	if err := t.WriteMem(scratch, b); err != nil {
+		return err
+	}
+	if err := t.WriteMem(auxvAddr, aux); err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, scratch,
+		uint64(len(b))); err != nil {
+		return fmt.Errorf("restore mm: prctl PR_SET_MM_MAP: %w", err)
+	}
+
+	// The name the process shows in /proc/PID/comm (at most 15 bytes).
+	comm := []byte(im.Comm)
+	if len(comm) > 15 {
+		comm = comm[:15]
+	}
+	if err := t.WriteMem(scratch, append(comm, 0)); err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, scratch); err != nil {
+		return fmt.Errorf("restore mm: set name %q: %w", im.Comm, err)
+	}
+	return nil
+}
+
+// restoreThread gives the thread its rseq registration, signal mask and FPU state.
+func restoreThread(t *remote.Task, th image.Thread) error {
+	if th.Rseq != nil && th.Rseq.Ptr != 0 {
+		_, err := t.Syscall(unix.SYS_RSEQ, th.Rseq.Ptr, uint64(th.Rseq.Size), 0,
+			uint64(th.Rseq.Sig))
+		if err != nil {
+			return fmt.Errorf("register rseq area %#x: %w", th.Rseq.Ptr, err)
+		}
+	}
+	if err := ptrace.SetSigmask(t.Pid(), th.SigMask); err != nil {
+		return fmt.Errorf("set signal mask of pid %d: %w", t.Pid(), err)
+	}
+	if len(th.Xstate) > 0 {
+		if err := ptrace.SetXstate(t.Pid(), th.Xstate); err != nil {
+			return fmt.Errorf("set FPU state of pid %d: %w", t.Pid(), err)
+		}
+	}
+	return nil
+}
+
+// Results of an interrupted system call that ask for a restart (linux/errno.h,
+// kernel-internal).
+const (
+	errRestartSys          = 512
+	errRestartNoIntr       = 513
+	errRestartNoHand       = 514
+	errRestartRestartBlock = 516
+)
+
+// resumeRegs turns the registers of a thread stopped inside a system call into the
+// registers that make it resume the way the kernel would have: a restartable call is
+// issued again (rip back over the two-byte syscall instruction, rax the call number);
+// a call whose restart state lived in the old kernel task returns EINTR.
+func resumeRegs(r image.Regs) unix.PtraceRegs {
+	regs := unix.PtraceRegs(r)
+	if int64(regs.Orig_rax) >= 0 {
+		switch -int64(regs.Rax) {
+		case errRestartSys, errRestartNoIntr, errRestartNoHand:
+			regs.Rax = regs.Orig_rax
+			regs.Rip -= 2
+		case errRestartRestartBlock:
+			regs.Rax = negErrno(unix.EINTR)
+		}
+	}
+	regs.Orig_rax = ^uint64(0)
+	return regs
+}
+
+// startPageServer creates a userfaultfd inside the process, takes it into this
+// process with pidfd_getfd (Linux 5.6+), closes the process's copy, and registers the
+// anonymous ranges that hold pages.
+func startPageServer(t *remote.Task, im *image.Image, snap *pagestore.Snapshot, ps *pageSet,
+	opts RestoreOptions, log *slog.Logger) (*lazy.Server, error) {
+
+	remoteFD, err := t.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("create userfaultfd in pid %d: %w", t.Pid(), err)
+	}
+	pidfd, err := unix.PidfdOpen(t.Pid(), 0)
+	if err != nil {
+		return nil, fmt.Errorf("open pidfd of pid %d: %w", t.Pid(), err)
+	}
+	uffd, err := unix.PidfdGetfd(pidfd, int(remoteFD), 0)
+	unix.Close(pidfd)
+	if err != nil {
+		return nil, fmt.Errorf("take userfaultfd %d of pid %d: %w", remoteFD, t.Pid(), err)
+	}
+	if _, err := t.Syscall(unix.SYS_CLOSE, remoteFD); err != nil {
+		unix.Close(uffd)
+		return nil, fmt.Errorf("close userfaultfd %d in pid %d: %w", remoteFD, t.Pid(), err)
+	}
+
+	ranges := lazyRanges(im.VMAs, ps)
+	pid := t.Pid()
+	srv, err := lazy.NewServer(uffd, ranges, &pageSource{snap: snap, ps: ps}, lazy.Options{
+		Logger:   log,
+		Prefetch: !opts.NoPrefetch,
+		Metrics:  opts.LazyMetrics,
+		Around:   16,
+		OnFatal: func(err error) {
+			// Wrong or missing memory must never run: end the process.
+			unix.Kill(pid, unix.SIGKILL)
+		},
+	})
+	if err != nil {
+		unix.Close(uffd)
+		return nil, fmt.Errorf("start page server for pid %d: %w", pid, err)
+	}
+	if err := srv.Register(); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("register memory of pid %d: %w", pid, err)
+	}
+	return srv, nil
+}
+
+// lazyRanges lists the private anonymous ranges that hold at least one page with
+// data: the ranges the page server registers. Other ranges fill with zeros as usual.
+func lazyRanges(vmas []image.VMA, ps *pageSet) []lazy.Range {
+	var out []lazy.Range
+	for _, v := range vmas {
+		if v.Kind != image.VMAAnon || v.Shared || !v.Pages {
+			continue
+		}
+		i := sort.Search(len(ps.anonAddrs), func(i int) bool { return ps.anonAddrs[i] >= v.Start })
+		if i < len(ps.anonAddrs) && ps.anonAddrs[i] < v.End {
+			out = append(out, lazy.Range{Start: v.Start, End: v.End})
+		}
+	}
+	return out
+}
