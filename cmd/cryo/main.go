@@ -16,6 +16,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/pagestore"
 )
@@ -35,6 +36,10 @@ func main() {
 	if len(os.Args) > 0 && os.Args[0] == hostArg0 {
 		os.Exit(127)
 	}
+
+	// Descriptors inherited without close-on-exec would otherwise leak into the
+	// processes cryo starts, a restored process among them.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 
 	root := newRoot()
 	err := root.Execute()

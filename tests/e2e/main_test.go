@@ -42,6 +42,12 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// Descriptors this test binary inherited without close-on-exec (a CI runner's,
+	// a shell's) would leak into every workload and make its checkpoint refuse them.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: mark inherited fds close-on-exec: %v\n", err)
+		return 2
+	}
 	tmp, err := os.MkdirTemp("", "cryo-e2e-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
