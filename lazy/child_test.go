@@ -108,12 +108,16 @@ func helperScenario(scenario string, mem, spare []byte, base uint64) string {
 	}
 	switch scenario {
 	case "read-bad", "server-dies":
-		// Page 7 has data; if it reads zero the process ran on wrongly.
-		v := binary.LittleEndian.Uint64(mem[7*pageSize:])
-		if v == 0 {
+		// Four of the five pages [5, 10) have data: all zero means the
+		// process ran on with zeros where its data was.
+		var or uint64
+		for i := 5; i < 10; i++ {
+			or |= binary.LittleEndian.Uint64(mem[i*pageSize:])
+		}
+		if or == 0 {
 			return "zero"
 		}
-		return fmt.Sprintf("data %#x", v)
+		return fmt.Sprintf("data %#x", or)
 	case "events":
 	default:
 		return "unknown scenario " + scenario
@@ -300,7 +304,11 @@ func TestChildEvents(t *testing.T) {
 func TestSourceErrorKills(t *testing.T) {
 	h := startHelper(t, "read-bad")
 	src := h.source()
-	src.bad = h.base + 7*pageSize
+	for i := 5; src.bad == 0; i++ {
+		if a := h.base + uint64(i)*pageSize; hasData(a) {
+			src.bad = a
+		}
+	}
 	var fatal error
 	srv, err := NewServer(h.fd, []Range{{h.base, h.base + helperPages*pageSize}}, src,
 		Options{Pid: h.cmd.Process.Pid, OnFatal: func(err error) { fatal = err }})
