@@ -96,7 +96,7 @@ type region struct {
 	done chan error
 }
 
-func requireUffd(t *testing.T) {
+func requireUffd(t testing.TB) {
 	t.Helper()
 	if _, err := uffd.Supported(); err != nil {
 		if os.Geteuid() == 0 {
@@ -106,7 +106,15 @@ func requireUffd(t *testing.T) {
 	}
 }
 
-func serveRegion(t *testing.T, pages int, opts Options, bad int) *region {
+// serveRegion maps and serves pages pages; cpu >= 0 pins the server to it.
+func serveRegion(t testing.TB, pages int, opts Options, cpu int) *region {
+	return serveRegionFrom(t, pages, opts, cpu, nil)
+}
+
+// serveRegionFrom is serveRegion with a Source made by wrap from the fake
+// one (nil: the fake one).
+func serveRegionFrom(t testing.TB, pages int, opts Options, cpu int,
+	wrap func(*fakeSource) Source) *region {
 	t.Helper()
 	requireUffd(t)
 	mem, err := unix.Mmap(-1, 0, pages*pageSize, unix.PROT_READ|unix.PROT_WRITE,
@@ -121,10 +129,11 @@ func serveRegion(t *testing.T, pages int, opts Options, bad int) *region {
 	}
 	base := uint64(uffd.Addr(mem))
 	src := newFakeSource(Range{base, base + uint64(len(mem))})
-	if bad >= 0 {
-		src.bad = base + uint64(bad)*pageSize
+	var source Source = src
+	if wrap != nil {
+		source = wrap(src)
 	}
-	srv, err := NewServer(fd, []Range{{base, base + uint64(len(mem))}}, src, opts)
+	srv, err := NewServer(fd, []Range{{base, base + uint64(len(mem))}}, source, opts)
 	if err != nil {
 		unix.Close(fd)
 		t.Fatal(err)
@@ -136,11 +145,25 @@ func serveRegion(t *testing.T, pages int, opts Options, bad int) *region {
 	r := &region{mem: mem, base: base, srv: srv, done: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	go func() { r.done <- srv.Serve(ctx) }()
+	go func() {
+		runtime.LockOSThread() // Serve locks too; this keeps the pinned thread
+		defer runtime.UnlockOSThread()
+		if cpu >= 0 {
+			pin(cpu)
+		}
+		r.done <- srv.Serve(ctx)
+	}()
 	return r
 }
 
-func (r *region) wait(t *testing.T) {
+// pin binds the calling (locked) thread to cpu.
+func pin(cpu int) {
+	var set unix.CPUSet
+	set.Set(cpu)
+	unix.SchedSetaffinity(0, &set)
+}
+
+func (r *region) wait(t testing.TB) {
 	t.Helper()
 	select {
 	case err := <-r.done:
@@ -154,11 +177,15 @@ func (r *region) wait(t *testing.T) {
 
 // onThread runs f on a locked OS thread of its own, as a faulting thread of
 // the served process would be.
-func onThread(f func()) {
+// cpu >= 0 pins it.
+func onThread(f func(), cpu ...int) {
 	done := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		if len(cpu) > 0 && cpu[0] >= 0 {
+			pin(cpu[0])
+		}
 		defer close(done)
 		f()
 	}()
@@ -166,10 +193,26 @@ func onThread(f func()) {
 }
 
 func TestFaultsInProcess(t *testing.T) {
+	// Same CPU: the figure of a server pinned beside the process's threads;
+	// other CPU: the cross-CPU wake-up this VM makes expensive.
+	for _, tc := range []struct {
+		name         string
+		server, user int
+	}{{"any-cpu", -1, -1}, {"same-cpu", 0, 0}, {"other-cpu", 0, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.user >= runtime.NumCPU() {
+				t.Skipf("needs %d CPUs", tc.user+1)
+			}
+			testFaults(t, tc.server, tc.user)
+		})
+	}
+}
+
+func testFaults(t *testing.T, serverCPU, userCPU int) {
 	const pages = 2048
 	reg := prometheus.NewRegistry()
 	met := NewMetrics(reg)
-	r := serveRegion(t, pages, Options{Metrics: met}, -1)
+	r := serveRegion(t, pages, Options{Metrics: met}, serverCPU)
 
 	order := rand.Perm(pages)
 	lat := make([]time.Duration, 0, pages)
@@ -184,7 +227,7 @@ func TestFaultsInProcess(t *testing.T) {
 				errs = append(errs, err)
 			}
 		}
-	})
+	}, userCPU)
 	if len(errs) > 0 {
 		t.Fatalf("%d pages wrong, first: %v", len(errs), errs[0])
 	}
@@ -212,7 +255,7 @@ func TestFaultsInProcess(t *testing.T) {
 		t.Errorf("cryo_lazy_faults_total = %v, want %d", n, st.Faults)
 	}
 	slices.Sort(lat)
-	t.Logf("fault latency over %d touches (reader and server on either CPU): "+
+	t.Logf("fault latency over %d touches, data and zero pages: "+
 		"p50 %v p90 %v p99 %v max %v", len(lat), lat[len(lat)/2], lat[len(lat)*9/10],
 		lat[len(lat)*99/100], lat[len(lat)-1])
 }

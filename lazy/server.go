@@ -543,9 +543,9 @@ func (s *Server) event(m *mm, msg uffd.Msg) error {
 
 // serveDeferred answers the faults queued by drain, oldest first.
 func (s *Server) serveDeferred() error {
-	for len(s.deferred) > 0 {
-		f := s.deferred[0]
-		s.deferred = s.deferred[1:]
+	// fault may queue more (it drains events on EAGAIN): index, do not range.
+	for i := 0; i < len(s.deferred); i++ {
+		f := s.deferred[i]
 		if f.m.gone {
 			continue
 		}
@@ -855,7 +855,7 @@ func (s *Server) abort(err error) error {
 	for {
 		s.drainAll()
 		s.probe()
-		s.reapGone()
+		s.reap() // an mm with nothing pending cannot read zeros for data
 		if len(s.mms) == 0 || time.Now().After(deadline) {
 			break
 		}
@@ -883,8 +883,4 @@ func (s *Server) drainAll() {
 		}
 	}
 	s.deferred = s.deferred[:0]
-}
-
-func (s *Server) reapGone() {
-	s.mms = slices.DeleteFunc(s.mms, func(m *mm) bool { return m.gone })
 }

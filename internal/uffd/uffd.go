@@ -330,7 +330,12 @@ func readRetry(fd int, buf []byte) (int, error) {
 func Supported() (uint64, error) { return supported() }
 
 var supported = sync.OnceValues(func() (uint64, error) {
+	// UFFD_USER_MODE_ONLY (5.11) lets an unprivileged process probe when
+	// vm.unprivileged_userfaultfd is 0; older kernels refuse the flag.
 	fd, err := Create(unix.O_CLOEXEC | unix.O_NONBLOCK | UFFD_USER_MODE_ONLY)
+	if errors.Is(err, unix.EINVAL) {
+		fd, err = Create(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("probe userfaultfd features: %w", err)
 	}
