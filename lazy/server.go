@@ -33,6 +33,19 @@
 // pages are pending, for example by keeping it seized with
 // PTRACE_O_EXITKILL (which also covers fork children with
 // PTRACE_O_TRACEFORK) or by putting it in a cgroup that cryo kills.
+//
+// # Limits
+//
+//   - The kernel sends a fork's UFFD_EVENT_FORK only after the fork has
+//     copied the address space. If another thread of the parent drops or
+//     moves memory (madvise, mremap) in that gap, its event can be read
+//     before the FORK, and the child's pending set then wrongly lacks those
+//     pages (they would read zero in the child). Closing this needs ordering
+//     the kernel does not give.
+//   - A fault on a zero page is answered one page at a time (no Around).
+//   - Prefetch copies each page twice (Source into a buffer, buffer into the
+//     process); with 128 KiB steps that reaches about 2.2 GB/s here against
+//     3.5 GB/s for bare 1 MiB UFFDIO_COPYs.
 package lazy
 
 import (
