@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"sort"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,12 +57,22 @@ type Restored struct {
 	ToRun time.Duration
 
 	server *lazy.Server
-	served chan error // the page server's result
 	cancel context.CancelFunc
 	snap   *pagestore.Snapshot
-	proc   *os.Process
 	start  time.Time
 	log    *slog.Logger
+
+	// pagesDone is closed when the page server returns, with serveErr set.
+	pagesDone chan struct{}
+	serveErr  error
+
+	// guarded is set while the process is seized so that it dies with cryo;
+	// guardDone is closed when the guard has let go of it, with exit set if the
+	// process ended meanwhile (the guard reaped it).
+	guarded   bool
+	guardDone chan struct{}
+	exit      *unix.WaitStatus
+	closeOnce sync.Once
 }
 
 // Restore rebuilds the process of snapshot ref (an id, a unique id prefix, or
@@ -108,7 +120,8 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 	}
 
 	// Every ptrace request must come from the tracer thread: build the process on
-	// a goroutine locked to one OS thread, which exits with it.
+	// a goroutine locked to one OS thread, which exits with it. For a lazy
+	// restore that goroutine stays on as the process's guard (see guard).
 	type result struct {
 		r   *Restored
 		err error
@@ -118,6 +131,9 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 		runtime.LockOSThread()
 		r, err := rebuild(ctx, im, snap, pages, opts, log)
 		done <- result{r, err}
+		if err == nil {
+			r.guard()
+		}
 	}()
 	res := <-done
 	if res.err != nil {
@@ -129,29 +145,31 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 	r.snap = snap
 	r.start = start
 	r.ToRun = time.Since(start)
-	r.log = log
 	log.Info("process running", "snapshot", id, "pid", r.Pid, "lazy", !opts.Eager,
 		"to_run", r.ToRun)
 	return r, nil
 }
 
 // Serve waits until the page server has installed every page, the process is
-// gone, or ctx ends, and returns the server's error. After an eager restore the
-// server has nothing to do and returns at once.
+// gone, or ctx ends, and returns the server's error. If ctx ends first, the server
+// kills the process rather than leave it with pages missing. After an eager restore
+// the server has nothing to do and Serve returns at once.
 func (r *Restored) Serve(ctx context.Context) error {
-	var err error
 	select {
-	case err = <-r.served:
+	case <-r.pagesDone:
 	case <-ctx.Done():
 		r.cancel()
-		err = <-r.served
+		<-r.pagesDone
 	}
-	r.served <- err // later calls see the same result
-	r.snap.Close()
-	st := r.server.Stats()
-	r.log.Info("page server done", "pid", r.Pid, "since_start", time.Since(r.start),
-		"faults", st.Faults, "prefetched", st.PrefetchedPages)
-	return err
+	<-r.guardDone // the process must not depend on us when we return
+	r.closeOnce.Do(func() {
+		st := r.server.Stats()
+		r.log.Info("page server done", "pid", r.Pid, "since_start", time.Since(r.start),
+			"faults", st.Faults, "fault_pages", st.FaultPages,
+			"prefetched", st.PrefetchPages, "err", r.serveErr)
+		r.snap.Close()
+	})
+	return r.serveErr
 }
 
 // Stats returns the page server's figures.
@@ -159,9 +177,90 @@ func (r *Restored) Stats() lazy.Stats {
 	return r.server.Stats()
 }
 
-// Wait waits for the restored process to exit and returns its wait status.
-func (r *Restored) Wait() (*os.ProcessState, error) {
-	return r.proc.Wait()
+// Wait waits for the restored process to exit and returns its wait status. The
+// process is a child of the caller: the caller must not reap it otherwise.
+func (r *Restored) Wait() (unix.WaitStatus, error) {
+	<-r.guardDone
+	if r.exit != nil {
+		return *r.exit, nil
+	}
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(r.Pid, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("wait for pid %d: %w", r.Pid, err)
+		}
+		return ws, nil
+	}
+}
+
+// guard keeps a lazily restored process seized with PTRACE_O_EXITKILL until every
+// page is in, so that if cryo dies the kernel kills the process: otherwise its
+// missing pages would read as zeros once the userfaultfd closed. Meanwhile the
+// guard passes every signal on and lets group stops happen (PTRACE_LISTEN); when
+// the page server is done it interrupts the process and detaches.
+//
+// It runs on the tracer thread, right after rebuild. Fork children of the process
+// are not seized: if cryo dies before their pages are in, they run on with zeros.
+// Seizing them too (PTRACE_O_TRACEFORK) would lift that.
+func (r *Restored) guard() {
+	defer close(r.guardDone)
+	if !r.guarded {
+		return
+	}
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, unix.SIGCHLD)
+	defer signal.Stop(sigchld)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+
+	pagesDone := r.pagesDone
+	for {
+		for {
+			var ws unix.WaitStatus
+			wpid, err := unix.Wait4(r.Pid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil || wpid == 0 {
+				if err != nil {
+					r.log.Warn("guard lost the restored process", "pid", r.Pid, "err", err)
+					return
+				}
+				break
+			}
+			switch {
+			case ws.Exited() || ws.Signaled():
+				r.exit = &ws
+				return
+			case !ws.Stopped():
+			case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP && ws.StopSignal() == unix.SIGTRAP:
+				// Our interrupt: every page is in.
+				if err := ptrace.Detach(r.Pid, 0); err != nil {
+					r.log.Warn("detach restored process", "pid", r.Pid, "err", err)
+				}
+				return
+			case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP:
+				// A group stop (SIGSTOP and the like): stay stopped, keep watching.
+				ptrace.Listen(r.Pid)
+			default:
+				// A signal on its way to the process: deliver it.
+				ptrace.Cont(r.Pid, int(ws.StopSignal()))
+			}
+		}
+		select {
+		case <-sigchld:
+		case <-tick.C:
+		case <-pagesDone:
+			pagesDone = nil
+			if err := ptrace.Interrupt(r.Pid); err != nil {
+				r.log.Warn("interrupt restored process", "pid", r.Pid, "err", err)
+			}
+		}
+	}
 }
 
 // pageSet is the page map of a snapshot split the way restore uses it.
@@ -341,22 +440,28 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	if err != nil {
 		return nil, err
 	}
-	served := make(chan error, 1)
 	serveCtx, cancel := context.WithCancel(ctx)
-	defer func() {
-		if err != nil {
-			cancel()
-			<-served
-		}
-	}()
+	r := &Restored{Pid: pid, server: server, cancel: cancel, log: log,
+		pagesDone: make(chan struct{}), guardDone: make(chan struct{})}
 	if opts.Eager {
 		if err := server.Fill(); err != nil {
+			cancel()
+			server.Close()
 			return nil, fmt.Errorf("install pages: %w", err)
 		}
 	}
+	defer func() {
+		if err != nil {
+			cancel()
+			<-r.pagesDone
+		}
+	}()
 	// From here the process may touch its memory through injected syscalls (rseq
 	// writes its area), so faults must be answered already.
-	go func() { served <- server.Serve(serveCtx) }()
+	go func() {
+		r.serveErr = server.Serve(serveCtx)
+		close(r.pagesDone)
+	}()
 
 	// 6. The thread: rseq, signal mask, FPU state, registers; then it runs.
 	th := im.Threads[0]
@@ -368,11 +473,21 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		return nil, err
 	}
 
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		return nil, fmt.Errorf("find restored pid %d: %w", pid, err)
+	// 7. A lazily restored process must die with cryo until its pages are in: seize
+	// it again, this time to guard it. In the instant between detach and seize it
+	// runs unguarded.
+	if !opts.Eager {
+		err := ptrace.Seize(pid, ptrace.PTRACE_O_EXITKILL)
+		switch {
+		case err == nil:
+			r.guarded = true
+		case exiting(pid):
+			// It has already finished: nothing left to guard.
+		default:
+			return nil, fmt.Errorf("seize restored pid %d to guard it: %w", pid, err)
+		}
 	}
-	return &Restored{Pid: pid, server: server, served: served, cancel: cancel, proc: proc}, nil
+	return r, nil
 }
 
 // freeArea finds size bytes free in both the checkpointed layout and the host's, for
@@ -760,6 +875,7 @@ func startPageServer(t *remote.Task, im *image.Image, snap *pagestore.Snapshot, 
 		Prefetch: !opts.NoPrefetch,
 		Metrics:  opts.LazyMetrics,
 		Around:   16,
+		Pid:      pid,
 		OnFatal: func(err error) {
 			// Wrong or missing memory must never run: end the process.
 			unix.Kill(pid, unix.SIGKILL)
@@ -790,4 +906,13 @@ func lazyRanges(vmas []image.VMA, ps *pageSet) []lazy.Range {
 		}
 	}
 	return out
+}
+
+// exiting reports whether process pid is a zombie or already gone.
+func exiting(pid int) bool {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return true
+	}
+	return st.State == 'Z' || st.State == 'X'
 }

@@ -158,8 +158,7 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 }
 
 // exitCode turns a wait status into a shell-style exit status.
-func exitCode(ps *os.ProcessState) int {
-	ws := ps.Sys().(syscall.WaitStatus)
+func exitCode(ws unix.WaitStatus) int {
 	if ws.Signaled() {
 		return 128 + int(ws.Signal())
 	}

@@ -17,6 +17,7 @@ const (
 	PTRACE_GETREGSET              = 0x4204
 	PTRACE_SETREGSET              = 0x4205
 	PTRACE_SEIZE                  = 0x4206
+	PTRACE_LISTEN                 = 0x4208
 	PTRACE_GETSIGMASK             = 0x420a
 	PTRACE_SETSIGMASK             = 0x420b
 	PTRACE_GET_RSEQ_CONFIGURATION = 0x420f
@@ -43,6 +44,10 @@ func Interrupt(pid int) error { return unix.PtraceInterrupt(pid) }
 func Detach(pid int, sig int) error {
 	return ptrace(unix.PTRACE_DETACH, pid, 0, uintptr(sig))
 }
+
+// Listen lets a seized tracee in a group stop stay stopped while the tracer keeps
+// receiving its events (PTRACE_LISTEN, Linux 3.4+).
+func Listen(pid int) error { return ptrace(PTRACE_LISTEN, pid, 0, 0) }
 
 // Cont resumes a stopped tracee, delivering sig (0 for none).
 func Cont(pid int, sig int) error { return unix.PtraceCont(pid, sig) }
