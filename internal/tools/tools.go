@@ -2,12 +2,13 @@
 
 // Package tools pins the modules the project builds on before every package uses them.
 package tools
+
 import (
- _ "golang.org/x/sys/unix"
- _ "github.com/klauspost/compress/zstd"
- _ "github.com/cespare/xxhash/v2"
- _ "github.com/zeebo/xxh3"
- _ "github.com/prometheus/client_golang/prometheus"
- _ "github.com/spf13/cobra"
- _ "golang.org/x/sync/errgroup"
+	_ "github.com/cespare/xxhash/v2"
+	_ "github.com/klauspost/compress/zstd"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/spf13/cobra"
+	_ "github.com/zeebo/xxh3"
+	_ "golang.org/x/sync/errgroup"
+	_ "golang.org/x/sys/unix"
 )
