@@ -18,6 +18,14 @@ python=/usr/bin/python3
 [ -x "$python" ] || python=$(command -v python3)
 export PYTHONHASHSEED=0
 
+# Descriptors this shell inherited without close-on-exec (an IDE's, a CI runner's)
+# would pass to the program; being outside it, its checkpoint would refuse them.
+# Bash keeps the script itself on fd 255.
+for fd in /proc/$$/fd/*; do
+	fd=${fd##*/}
+	if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+
 if [ "$(id -u)" != 0 ]; then
 	echo "demo: cryo needs root (ptrace of any process, clone3 set_tid, PR_SET_MM); run as root" >&2
 	exit 1
@@ -68,7 +76,7 @@ fi
 echo "== cryo restore latest (lazy), in the foreground until the program exits"
 t=$(now)
 status=0
-"$cryo" --store "$store" restore latest || status=$?
+"$cryo" --store "$store" --log-level info restore latest || status=$?
 if [ $status != 0 ]; then
 	echo "RESULT: FAILED: cryo restore exited $status after $(since "$t")"
 	exit 1
