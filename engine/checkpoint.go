@@ -58,19 +58,20 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 	start := time.Now()
 
 	type frozen struct {
-		im   *image.Image
-		runs []pageRun
-		buf  []byte
-		err  error
-		stop time.Duration
-		done func() error // resumes, or kills with opts.Kill
+		im      *image.Image
+		runs    []pageRun
+		buf     []byte
+		err     error
+		stop    time.Duration // how long the process was stopped
+		stopped time.Time     // when it was
 	}
 	ch := make(chan frozen, 1)
 	resume := make(chan bool) // true: commit succeeded
 	go func() {
 		runtime.LockOSThread()
 		f := frozen{}
-		f.im, f.runs, f.buf, f.stop, f.err = freezeAndCopy(pid, log)
+		f.im, f.runs, f.buf, f.stopped, f.err = freezeAndCopy(pid, log)
+		f.stop = time.Since(f.stopped)
 		if f.err != nil {
 			ch <- f
 			return
@@ -78,7 +79,7 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 		if !opts.Kill {
 			// Resume as soon as the pages are in our memory.
 			f.err = ptrace.Detach(pid, 0)
-			f.stop = time.Since(start)
+			f.stop = time.Since(f.stopped)
 			ch <- f
 			return
 		}
@@ -95,6 +96,7 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 	if f.err != nil {
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, f.err)
 	}
+	defer freeBuffer(f.buf) // after Commit or Abort, which release the Writer's hold
 	finishKill := func(ok bool) {
 		if opts.Kill {
 			resume <- ok
@@ -143,29 +145,37 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 	return res, nil
 }
 
-// freezeAndCopy seizes and stops pid, reads its state and copies its pages. On
-// success the process is left stopped and traced by the calling thread; on failure
-// it runs on untouched.
+// freezeAndCopy seizes and stops pid, reads its state and copies its pages, and
+// returns when it stopped the process. On success the process is left stopped and
+// traced by the calling thread; on failure it runs on untouched.
 func freezeAndCopy(pid int, log *slog.Logger) (im *image.Image, runs []pageRun, buf []byte,
-	stop time.Duration, err error) {
+	stopped time.Time, err error) {
 
 	// Refuse threads before touching the process at all.
 	tids, err := procfs.ReadTasks(pid)
 	if err != nil {
-		return nil, nil, nil, 0, fmt.Errorf("list threads: %w", err)
+		return nil, nil, nil, time.Time{}, fmt.Errorf("list threads: %w", err)
 	}
 	if len(tids) != 1 {
-		return nil, nil, nil, 0, fmt.Errorf("process has %d threads: only single-threaded "+
+		return nil, nil, nil, time.Time{}, fmt.Errorf("process has %d threads: only single-threaded "+
 			"processes can be checkpointed yet: %w", len(tids), ErrUnsupported)
 	}
 
+	pre := preallocate(pid)
+	held := pre // the page buffer, released here on failure
+	defer func() {
+		if err != nil {
+			freeBuffer(held)
+		}
+	}()
+
 	t0 := time.Now()
 	if err := ptrace.Seize(pid, 0); err != nil {
-		return nil, nil, nil, 0, fmt.Errorf("seize: %w", err)
+		return nil, nil, nil, time.Time{}, fmt.Errorf("seize: %w", err)
 	}
 	if err := ptrace.Interrupt(pid); err != nil {
 		ptrace.Detach(pid, 0)
-		return nil, nil, nil, 0, fmt.Errorf("interrupt: %w", err)
+		return nil, nil, nil, time.Time{}, fmt.Errorf("interrupt: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -173,31 +183,36 @@ func freezeAndCopy(pid int, log *slog.Logger) (im *image.Image, runs []pageRun, 
 		}
 	}()
 	if err := waitInterrupted(pid); err != nil {
-		return nil, nil, nil, 0, err
+		return nil, nil, nil, time.Time{}, err
 	}
 
 	// A thread may have been born between the first look and the seize.
 	if tids, err = procfs.ReadTasks(pid); err != nil {
-		return nil, nil, nil, 0, fmt.Errorf("list threads: %w", err)
+		return nil, nil, nil, time.Time{}, fmt.Errorf("list threads: %w", err)
 	}
 	if len(tids) != 1 {
-		return nil, nil, nil, 0, fmt.Errorf("process has %d threads: only single-threaded "+
+		return nil, nil, nil, time.Time{}, fmt.Errorf("process has %d threads: only single-threaded "+
 			"processes can be checkpointed yet: %w", len(tids), ErrUnsupported)
 	}
 
 	im, err = readImage(pid)
 	if err != nil {
-		return nil, nil, nil, 0, err
+		return nil, nil, nil, time.Time{}, err
 	}
+	tImage := time.Now()
 	runs, err = planCopy(pid, im.VMAs)
 	if err != nil {
-		return nil, nil, nil, 0, err
+		return nil, nil, nil, time.Time{}, err
 	}
-	buf, err = copyPages(pid, im.VMAs, runs)
+	tPlan := time.Now()
+	held, err = copyPages(pid, im.VMAs, runs, pre)
 	if err != nil {
-		return nil, nil, nil, 0, err
+		return nil, nil, nil, time.Time{}, err
 	}
-	return im, runs, buf, time.Since(t0), nil
+	buf = held
+	log.Debug("frozen phases", "pid", pid, "stop_and_image", tImage.Sub(t0),
+		"pagemap", tPlan.Sub(tImage), "copy", time.Since(tPlan), "bytes", len(buf))
+	return im, runs, buf, t0, nil
 }
 
 // waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal that
