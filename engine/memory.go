@@ -24,6 +24,7 @@ const (
 	pmPresent = 1 << 63
 	pmSwapped = 1 << 62
 	pmFile    = 1 << 61 // a page of a file or of shared anonymous memory
+	pmPFNMask = 1<<55 - 1
 )
 
 // pagemapChunk is how many pagemap entries planCopy reads at a time (4 MiB).
@@ -52,6 +53,7 @@ func planCopy(pid int, vmas []image.VMA) ([]pageRun, error) {
 	}
 
 	buf := make([]byte, 8*pagemapChunk)
+	zero := zeroPFN()
 	for _, v := range vmas {
 		if !v.Pages {
 			continue
@@ -76,6 +78,8 @@ func planCopy(pid int, vmas []image.VMA) ([]pageRun, error) {
 				case e&pmPresent == 0:
 				case fileBacked && e&pmFile != 0:
 					// A clean page of the file itself.
+				case zero != 0 && e&pmPFNMask == zero:
+					// Read, never written: the shared zero page.
 				default:
 					add(addr + i*pageSize)
 				}
