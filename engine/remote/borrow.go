@@ -1,0 +1,123 @@
+package remote
+
+import (
+	"bytes"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/internal/procfs"
+	"github.com/cryo-dev/cryo/internal/ptrace"
+)
+
+// Borrowed runs system calls inside a live process that the caller has seized
+// (PTRACE_SEIZE with PTRACE_O_TRACESYSGOOD) and stopped, without writing its
+// memory: it points the instruction pointer at a syscall instruction of the
+// process's own [vdso] and lets the call run between the two syscall stops that
+// PTRACE_SYSCALL gives. Release puts the registers back.
+//
+// Every method must be called from the tracer thread while the process is stopped.
+type Borrowed struct {
+	pid   int
+	insn  uint64          // address of a syscall instruction in [vdso]
+	saved unix.PtraceRegs // the registers the process stopped with
+}
+
+// Borrow prepares to run system calls in the stopped process pid.
+func Borrow(pid int) (*Borrowed, error) {
+	regs, err := ptrace.GetRegs(pid)
+	if err != nil {
+		return nil, fmt.Errorf("borrow pid %d: get registers: %w", pid, err)
+	}
+	insn, err := vdsoSyscall(pid)
+	if err != nil {
+		return nil, fmt.Errorf("borrow pid %d: %w", pid, err)
+	}
+	return &Borrowed{pid: pid, insn: insn, saved: regs}, nil
+}
+
+// Pid is the process id.
+func (b *Borrowed) Pid() int { return b.pid }
+
+// Syscall runs system call nr with up to six arguments in the process.
+func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
+	if len(args) > 6 {
+		panic("remote: more than six syscall arguments")
+	}
+	var a [6]uint64
+	copy(a[:], args)
+
+	regs := b.saved
+	regs.Rip = b.insn
+	regs.Rax = uint64(nr)
+	regs.Orig_rax = ^uint64(0)
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := ptrace.SetRegs(b.pid, &regs); err != nil {
+		return 0, fmt.Errorf("inject syscall %d into pid %d: set registers: %w", nr, b.pid, err)
+	}
+	for stop := 0; stop < 2; stop++ { // syscall entry, then exit
+		if err := unix.PtraceSyscall(b.pid, 0); err != nil {
+			return 0, fmt.Errorf("inject syscall %d into pid %d: resume: %w", nr, b.pid, err)
+		}
+		ws, err := ptrace.Wait(b.pid)
+		if err != nil {
+			return 0, fmt.Errorf("inject syscall %d into pid %d: %w", nr, b.pid, err)
+		}
+		if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP|0x80 {
+			return 0, fmt.Errorf("inject syscall %d into pid %d: unexpected state %#x "+
+				"waiting for a syscall stop", nr, b.pid, uint32(ws))
+		}
+	}
+	out, err := ptrace.GetRegs(b.pid)
+	if err != nil {
+		return 0, fmt.Errorf("inject syscall %d into pid %d: get registers: %w", nr, b.pid, err)
+	}
+	if r := int64(out.Rax); r < 0 && r >= -4095 {
+		return 0, unix.Errno(-r)
+	}
+	return out.Rax, nil
+}
+
+// Release puts back the registers the process stopped with. A system call it was
+// interrupted in is set up to restart the way the kernel would have restarted it,
+// since the kernel's own restart step has been consumed by the injected calls.
+func (b *Borrowed) Release() error {
+	regs := b.saved
+	if int64(regs.Orig_rax) >= 0 {
+		switch -int64(regs.Rax) {
+		case 512, 513, 514: // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+			regs.Rax = regs.Orig_rax
+			regs.Rip -= 2
+		case 516: // ERESTART_RESTARTBLOCK: the task's restart block is still there
+			regs.Rax = unix.SYS_RESTART_SYSCALL
+			regs.Rip -= 2
+		}
+		regs.Orig_rax = ^uint64(0)
+	}
+	if err := ptrace.SetRegs(b.pid, &regs); err != nil {
+		return fmt.Errorf("release pid %d: set registers: %w", b.pid, err)
+	}
+	return nil
+}
+
+// vdsoSyscall finds a syscall instruction (0f 05) in the [vdso] of pid.
+func vdsoSyscall(pid int) (uint64, error) {
+	maps, err := procfs.ReadMaps(pid)
+	if err != nil {
+		return 0, fmt.Errorf("read layout: %w", err)
+	}
+	for _, m := range maps {
+		if m.Path != "[vdso]" {
+			continue
+		}
+		code := make([]byte, m.End-m.Start)
+		if err := ReadMem(pid, m.Start, code); err != nil {
+			return 0, fmt.Errorf("read [vdso]: %w", err)
+		}
+		if i := bytes.Index(code, []byte{0x0f, 0x05}); i >= 0 {
+			return m.Start + uint64(i), nil
+		}
+		return 0, fmt.Errorf("no syscall instruction in [vdso] at %#x", m.Start)
+	}
+	return 0, fmt.Errorf("no [vdso] mapping")
+}
