@@ -19,6 +19,9 @@ var (
 	ErrLocked = errors.New("store is locked")
 	// ErrVersion means the store on disk was written by a newer format version.
 	ErrVersion = errors.New("unsupported store format version")
+	// ErrNoParent means Writer.Carry was called on a Writer started without a
+	// parent snapshot: there is nothing to carry.
+	ErrNoParent = errors.New("writer has no parent snapshot")
 	// ErrClosed means the Store, Writer or Snapshot was already closed.
 	ErrClosed = errors.New("closed")
 )

@@ -60,7 +60,11 @@ func (s *Store) GC() (GCStats, error) {
 	defer s.release(true)
 	start := time.Now()
 
-	// Mark: every block and page reachable from a manifest.
+	// Mark: every block and page reachable from a manifest. Each manifest is a
+	// root of its own: a snapshot's parent plays no part, so removing a parent
+	// keeps whatever its children still name. A block shared by several
+	// snapshots (an incremental one reuses its parent's unchanged windows) is
+	// read once.
 	s.mu.RLock()
 	live := make([]bool, len(s.packs))
 	s.mu.RUnlock()
@@ -75,12 +79,17 @@ func (s *Store) GC() (GCStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("gc: %w", err)
 	}
+	seen := map[PageID]bool{}
 	for _, id := range ids {
 		m, err := s.readManifest(id)
 		if err != nil {
 			return st, fmt.Errorf("gc: %w", err)
 		}
 		for _, w := range m.Windows {
+			if seen[w.Block] {
+				continue
+			}
+			seen[w.Block] = true
 			mark(w.Block)
 			b, err := s.readBlock(w.Block, id, w.Base)
 			if err != nil {

@@ -23,15 +23,22 @@ type Meta struct {
 	Labels map[string]string
 }
 
-// Stats count the pages of one snapshot and what storing them cost.
+// Stats count the pages of one snapshot and what storing them cost. ZeroPages,
+// NewPages and DedupPages count only the pages given to AddPages; CarriedPages
+// counts the entries taken from the parent, so that Pages is the sum of
+// CarriedPages and the pages added.
 type Stats struct {
 	Pages        int64 // pages in the page map, zero pages included
-	ZeroPages    int64 // pages that read as zero: recorded, never stored
+	ZeroPages    int64 // added pages that read as zero: recorded, never stored
 	NewPages     int64 // pages stored by this snapshot
-	DedupPages   int64 // non-zero pages already in the store or repeated in this snapshot
+	DedupPages   int64 // added non-zero pages already stored or repeated in this snapshot
 	LogicalBytes int64 // Pages * PageSize
 	StoredBytes  int64 // bytes this snapshot appended to packs: page and page-map frames
+	CarriedPages int64 // page-map entries (data or zero) taken from the parent
 }
+
+// Run is a range of page-aligned addresses [Start, End).
+type Run struct{ Start, End uint64 }
 
 // SnapshotInfo describes a committed snapshot.
 type SnapshotInfo struct {
@@ -46,8 +53,13 @@ type SnapshotInfo struct {
 // goroutine; hashing and compression run on Options.Workers goroutines inside.
 type Writer struct {
 	s      *Store
-	parent string
+	parent *manifest // nil without a parent
+	carry  []Run     // as given to Carry, unsorted
 	start  time.Time
+
+	// parentBlocksRead counts the parent's page-map blocks Commit decoded; tests
+	// check that windows carried whole are not among them.
+	parentBlocksRead int
 
 	jobs    chan job
 	wg      sync.WaitGroup
@@ -98,21 +110,29 @@ type packWriter struct {
 var zeroPage = make([]byte, PageSize)
 
 // NewWriter starts a snapshot whose parent is the snapshot parent refers to ("" for
-// none). It takes the store lock exclusively, or fails with a *LockedError naming
-// the holder.
+// none; see Resolve for the forms of a reference). A parent that does not exist
+// gives an error naming it and matching ErrNotFound. It takes the store lock
+// exclusively, or fails with a *LockedError naming the holder; holding it keeps
+// the parent from being removed until Commit or Abort.
+//
+// With a parent, the snapshot starts empty like any other: Carry says which
+// ranges keep the parent's entries, AddPages gives the pages that changed.
 func (s *Store) NewWriter(parent string) (*Writer, error) {
 	if err := s.acquire(true); err != nil {
 		return nil, fmt.Errorf("new writer: %w", err)
 	}
+	var pm *manifest
 	if parent != "" {
 		id, err := s.resolveLocked(parent)
+		if err == nil {
+			pm, err = s.readManifest(id)
+		}
 		if err != nil {
 			s.release(true)
-			return nil, fmt.Errorf("new writer: %w", err)
+			return nil, fmt.Errorf("new writer: parent snapshot %q: %w", parent, err)
 		}
-		parent = id
 	}
-	w := &Writer{s: s, parent: parent, start: time.Now(),
+	w := &Writer{s: s, parent: pm, start: time.Now(),
 		jobs:    make(chan job, 2*s.opts.Workers),
 		windows: map[uint64]*window{}, pending: map[PageID]struct{}{}}
 	for range s.opts.Workers {
@@ -177,6 +197,39 @@ func (w *Writer) AddPages(addr uint64, data []byte) error {
 		w.jobs <- job{win: win, slot: slot, data: data[:n*PageSize]}
 		addr += uint64(n) * PageSize
 		data = data[n*PageSize:]
+	}
+	return nil
+}
+
+// Carry makes the snapshot keep the parent's page-map entries (data or zero) at
+// every address inside runs, except where AddPages gives the page anew. Entries
+// of the parent outside every carried run and not added are dropped (the range
+// was unmapped, moved or emptied). Carry may be called several times, before
+// Commit, in any order relative to AddPages; runs may overlap and come in any
+// order. Addresses must be page-aligned; an empty run is ignored.
+//
+// A window (2 MiB, aligned) that is carried whole and where nothing is added
+// costs nothing at Commit: its page-map block is shared with the parent without
+// being read. Other windows the parent has are read and re-encoded.
+//
+// Carry fails with an error matching ErrNoParent when the Writer has no parent.
+func (w *Writer) Carry(runs []Run) error {
+	if w.done {
+		return fmt.Errorf("carry pages: %w", ErrClosed)
+	}
+	if w.parent == nil {
+		return fmt.Errorf("carry pages: %w", ErrNoParent)
+	}
+	for _, r := range runs {
+		if r.Start%PageSize != 0 || r.End%PageSize != 0 || r.End < r.Start {
+			return fmt.Errorf("carry pages of snapshot %s: bad run [%#x, %#x)", w.parent.ID,
+				r.Start, r.End)
+		}
+	}
+	for _, r := range runs {
+		if r.End > r.Start {
+			w.carry = append(w.carry, r)
+		}
 	}
 	return nil
 }
@@ -328,7 +381,8 @@ func (w *Writer) Commit(meta Meta) (SnapshotInfo, error) {
 		return SnapshotInfo{}, fmt.Errorf("commit snapshot: %w", err)
 	}
 	dur := time.Since(w.start)
-	w.s.log.Info("committed snapshot", "id", info.ID, "pages", info.Stats.Pages,
+	w.s.log.Info("committed snapshot", "id", info.ID, "parent", info.Parent,
+		"pages", info.Stats.Pages, "carried", info.Stats.CarriedPages,
 		"new", info.Stats.NewPages, "dedup", info.Stats.DedupPages,
 		"zero", info.Stats.ZeroPages, "stored_bytes", info.Stats.StoredBytes,
 		"duration", dur, "MBps", float64(info.Stats.LogicalBytes)/dur.Seconds()/1e6)
@@ -346,25 +400,9 @@ func (w *Writer) commit(meta Meta) (SnapshotInfo, error) {
 		return SnapshotInfo{}, err
 	}
 	defer enc.Close()
-	bases := make([]uint64, 0, len(w.windows))
-	for base := range w.windows {
-		bases = append(bases, base)
-	}
-	slices.Sort(bases)
-	refs := make([]windowRef, 0, len(bases))
-	var frame []byte
-	for _, base := range bases {
-		raw := encodeBlock(w.windows[base].block())
-		id := HashPage(raw)
-		refs = append(refs, windowRef{Base: base, Block: id})
-		if _, ok := w.pending[id]; ok || w.s.has(id) {
-			continue
-		}
-		w.pending[id] = struct{}{}
-		frame = buildFrame(enc, frame[:0], kindBlock, []PageID{id}, raw)
-		if err := w.appendFrame(frame, kindBlock, []PageID{id}); err != nil {
-			return SnapshotInfo{}, err
-		}
+	refs, carried, err := w.pageMap(enc)
+	if err != nil {
+		return SnapshotInfo{}, err
 	}
 
 	// Packs (and their indexes) are durable before the manifest that needs them.
@@ -377,9 +415,14 @@ func (w *Writer) commit(meta Meta) (SnapshotInfo, error) {
 	}
 
 	st := w.stats
-	st.Pages = w.pages
-	st.LogicalBytes = w.pages * PageSize
-	m := &manifest{ID: newID(), Parent: w.parent, Created: time.Now().UnixNano(),
+	st.CarriedPages = carried
+	st.Pages = w.pages + carried
+	st.LogicalBytes = st.Pages * PageSize
+	parent := ""
+	if w.parent != nil {
+		parent = w.parent.ID
+	}
+	m := &manifest{ID: newID(), Parent: parent, Created: time.Now().UnixNano(),
 		Stats: st, Labels: meta.Labels, Image: meta.Image, Windows: refs}
 	dir := filepath.Join(w.s.dir, snapsDir)
 	if err := writeFileDurable(dir, m.ID, encodeManifest(m)); err != nil {
@@ -394,24 +437,6 @@ func (w *Writer) commit(meta Meta) (SnapshotInfo, error) {
 	w.s.addPacks(w.sealed)
 	w.sealed = nil
 	return m.info(), nil
-}
-
-// block converts a window to its page-map block.
-func (win *window) block() *block {
-	b := &block{}
-	for i := range windowSlots {
-		switch win.state[i] {
-		case slotZero:
-			b.Present[i/64] |= 1 << (i % 64)
-			b.Zero[i/64] |= 1 << (i % 64)
-		case slotData:
-			b.Present[i/64] |= 1 << (i % 64)
-			b.IDs = append(b.IDs, win.ids[i])
-		case slotPending:
-			panic("pagestore: page of a finished writer still pending")
-		}
-	}
-	return b
 }
 
 // Abort discards the snapshot: packs written so far are removed (a pack that
