@@ -13,6 +13,8 @@ import (
 
 	"github.com/cryo-dev/cryo/engine/fds"
 	"github.com/cryo-dev/cryo/engine/image"
+	"github.com/cryo-dev/cryo/engine/remote"
+	"github.com/cryo-dev/cryo/engine/track"
 	"github.com/cryo-dev/cryo/internal/procfs"
 	"github.com/cryo-dev/cryo/internal/ptrace"
 	"github.com/cryo-dev/cryo/pagestore"
@@ -21,15 +23,27 @@ import (
 // ErrUnsupported matches errors for process state that cryo cannot checkpoint yet.
 var ErrUnsupported = errors.New("not supported")
 
-// CheckpointOptions controls Checkpoint.
+// CheckpointOptions controls Checkpoint and NewSession.
 type CheckpointOptions struct {
 	// Logger receives progress at phase boundaries; nil is silent.
 	Logger *slog.Logger
 
 	// Kill ends the process once its snapshot is durable. It stays frozen from the
 	// checkpoint until then, so that it cannot act after the moment the snapshot
-	// holds.
+	// holds. Checkpoint only; Session.Checkpoint takes it as an argument.
 	Kill bool
+
+	// Tracker names the dirty-page tracker: "auto" (or ""), "uffd-wp",
+	// "soft-dirty" or "scan". See package track.
+	Tracker string
+
+	// Parent is the snapshot the first checkpoint is incremental on. Empty means
+	// the latest snapshot of this very process (same pid and start time), or the
+	// snapshot it was restored from; with neither, the first snapshot is full.
+	Parent string
+
+	// Metrics, when set, records every checkpoint.
+	Metrics *Metrics
 }
 
 // Result describes a finished checkpoint.
@@ -39,44 +53,133 @@ type Result struct {
 	// Frozen is how long the process was stopped; Total is the whole checkpoint.
 	Frozen time.Duration
 	Total  time.Duration
+
+	// Tracker is the tracker that found the pages to copy; Fallback says why a
+	// whole-memory scan was needed instead, when it was.
+	Tracker  string
+	Fallback string
+
+	// DirtyPages are the pages copied while the process was stopped.
+	DirtyPages int64
 }
 
-// Checkpoint takes a snapshot of process pid into store. The process is stopped
-// while its state and the pages that hold data are copied into memory, then runs
-// on (unless opts.Kill) while the pages are hashed, compressed and stored.
-//
-// Any failure leaves the process running as it was and the store without a new
-// snapshot.
-//
-// Precondition: the caller may run ptrace requests: Checkpoint locks its goroutine to
-// an OS thread for the time the process is traced.
+// Checkpoint takes one snapshot of process pid into store: a Session of one
+// checkpoint. Incremental on opts.Parent or the process's previous snapshot when
+// there is one, by scanning (a tracker needs to have been armed at that snapshot).
 func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Result, error) {
+	s, err := NewSession(store, pid, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.Checkpoint(opts.Kill)
+}
+
+// Session checkpoints one process again and again, each snapshot incremental on
+// the one before. It keeps the dirty-page tracker armed between checkpoints, so
+// that each copies only what the process wrote since the last.
+type Session struct {
+	store *pagestore.Store
+	pid   int
+	opts  CheckpointOptions
+	log   *slog.Logger
+
+	// start is the process's start time (stat field 22): with the pid, what
+	// identifies it across pid reuse.
+	start uint64
+
+	tracker  track.Tracker
+	fallback string // why the tracker in use is not the one asked for, if it is not
+
+	// parent is the snapshot the next one is incremental on; armed says the
+	// tracker was armed at exactly that snapshot.
+	parent string
+	armed  bool
+}
+
+// NewSession prepares to checkpoint pid. It checks nothing of the process yet
+// beyond its existence.
+func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Session, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	start := time.Now()
-
-	type frozen struct {
-		im      *image.Image
-		runs    []pageRun
-		buf     []byte
-		err     error
-		stop    time.Duration // how long the process was stopped
-		stopped time.Time     // when it was
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	s := &Session{store: store, pid: pid, opts: opts, log: log, start: st.StartTime}
+
+	kind := opts.Tracker
+	if kind == "" {
+		kind = "auto"
+	}
+	s.tracker, err = track.New(kind, pid)
+	if err != nil {
+		if kind != "auto" {
+			return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+		}
+		s.fallback = err.Error()
+		s.tracker, _ = track.New("scan", pid)
+	}
+
+	s.parent = opts.Parent
+	if s.parent == "" {
+		s.parent = findParent(store, pid, s.start)
+	} else if s.parent, err = store.Resolve(s.parent); err != nil {
+		return nil, fmt.Errorf("checkpoint pid %d: parent: %w", pid, err)
+	}
+	return s, nil
+}
+
+// Close releases the tracker.
+func (s *Session) Close() error {
+	if s.tracker == nil {
+		return nil
+	}
+	return s.tracker.Close()
+}
+
+// frozen is what the tracer thread hands back after the copy.
+type frozen struct {
+	im      *image.Image
+	plan    *copyPlan
+	buf     []byte
+	dirty   int64
+	err     error
+	stop    time.Duration // how long the process was stopped
+	stopped time.Time     // when it was
+}
+
+// Checkpoint takes the next snapshot. The process is stopped while its state and
+// the pages written since the previous snapshot (all pages holding data for the
+// first) are copied into memory, then runs on (unless kill) while the pages are
+// hashed, compressed and stored.
+//
+// Any failure leaves the process running as it was and the store without a new
+// snapshot; the next checkpoint is then a full scan again.
+func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
+	start := time.Now()
+	pid := s.pid
+	defer func() {
+		if err != nil {
+			s.armed = false // the tracker may have re-armed for a snapshot that is not
+		}
+	}()
+
+	// The ptrace part runs on a goroutine locked to its OS thread, which ends with
+	// it (and so lets go of the process).
 	ch := make(chan frozen, 1)
 	resume := make(chan bool) // true: commit succeeded
 	go func() {
 		runtime.LockOSThread()
-		f := frozen{}
-		f.im, f.runs, f.buf, f.stopped, f.err = freezeAndCopy(pid, log)
+		f := s.freezeAndCopy()
 		f.stop = time.Since(f.stopped)
 		if f.err != nil {
 			ch <- f
 			return
 		}
-		if !opts.Kill {
+		if !kill {
 			// Resume as soon as the pages are in our memory.
 			f.err = ptrace.Detach(pid, 0)
 			f.stop = time.Since(f.stopped)
@@ -84,7 +187,7 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 			return
 		}
 		ch <- f
-		// --kill: stay frozen until the snapshot is durable; then end it.
+		// kill: stay frozen until the snapshot is durable; then end it.
 		if ok := <-resume; ok {
 			killTraced(pid)
 		} else {
@@ -98,138 +201,217 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 	}
 	defer freeBuffer(f.buf) // after Commit or Abort, which release the Writer's hold
 	finishKill := func(ok bool) {
-		if opts.Kill {
+		if kill {
 			resume <- ok
 			<-resume
 		}
 	}
-	log.Info("process state copied", "pid", pid, "frozen", f.stop,
-		"pages", len(f.buf)/pageSize)
+	s.log.Info("process state copied", "pid", pid, "frozen", f.stop,
+		"pages", len(f.buf)/pageSize, "tracker", s.tracker.Name())
 
 	// The process runs again: store the pages.
-	w, err := store.NewWriter("")
-	if err != nil {
-		finishKill(false)
-		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
-	}
-	off := 0
-	for _, r := range f.runs {
-		n := int(r.pages) * pageSize
-		if err := w.AddPages(r.addr, f.buf[off:off+n]); err != nil {
-			w.Abort()
-			finishKill(false)
-			return nil, fmt.Errorf("checkpoint pid %d: store pages at %#x: %w", pid, r.addr, err)
-		}
-		off += n
-	}
-	meta, err := f.im.Marshal()
-	if err != nil {
-		w.Abort()
-		finishKill(false)
-		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
-	}
-	info, err := w.Commit(pagestore.Meta{Image: meta, Labels: map[string]string{
-		"pid": fmt.Sprint(pid), "comm": f.im.Comm, "tracker": "full",
-	}})
+	info, err := s.write(f)
 	if err != nil {
 		finishKill(false)
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
 	finishKill(true)
+	s.parent = info.ID
+	s.armed = true
 
-	res := &Result{Snapshot: info, Frozen: f.stop, Total: time.Since(start)}
-	log.Info("checkpoint done", "pid", pid, "snapshot", info.ID, "frozen", res.Frozen,
-		"total", res.Total, "pages", info.Stats.Pages, "new", info.Stats.NewPages,
+	res := &Result{Snapshot: info, Frozen: f.stop, Total: time.Since(start),
+		Tracker: s.tracker.Name(), Fallback: s.fallback, DirtyPages: f.dirty}
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.observeCheckpoint(res)
+	}
+	s.log.Info("checkpoint done", "pid", pid, "snapshot", info.ID, "parent", info.Parent,
+		"frozen", res.Frozen, "total", res.Total, "tracker", res.Tracker,
+		"pages", info.Stats.Pages, "copied", f.dirty, "new", info.Stats.NewPages,
 		"dedup", info.Stats.DedupPages, "zero", info.Stats.ZeroPages,
 		"stored_bytes", info.Stats.StoredBytes)
 	return res, nil
 }
 
-// freezeAndCopy seizes and stops pid, reads its state and copies its pages, and
-// returns when it stopped the process. On success the process is left stopped and
-// traced by the calling thread; on failure it runs on untouched.
-func freezeAndCopy(pid int, log *slog.Logger) (im *image.Image, runs []pageRun, buf []byte,
-	stopped time.Time, err error) {
+// write stores the copied pages as a snapshot on the session's parent.
+func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
+	w, err := s.store.NewWriter(f.plan.parent)
+	if err != nil {
+		return pagestore.SnapshotInfo{}, err
+	}
+	off := 0
+	for _, r := range f.plan.copy {
+		n := int(r.pages) * pageSize
+		if err := w.AddPages(r.addr, f.buf[off:off+n]); err != nil {
+			w.Abort()
+			return pagestore.SnapshotInfo{}, fmt.Errorf("store pages at %#x: %w", r.addr, err)
+		}
+		off += n
+	}
+	if len(f.plan.carry) > 0 {
+		if err := w.Carry(f.plan.carry); err != nil {
+			w.Abort()
+			return pagestore.SnapshotInfo{}, err
+		}
+	}
+	meta, err := f.im.Marshal()
+	if err != nil {
+		w.Abort()
+		return pagestore.SnapshotInfo{}, err
+	}
+	labels := map[string]string{
+		"pid": fmt.Sprint(s.pid), "comm": f.im.Comm, "starttime": fmt.Sprint(s.start),
+		"tracker": s.tracker.Name(),
+	}
+	if f.plan.fallback != "" {
+		labels["fallback"] = f.plan.fallback
+	}
+	return w.Commit(pagestore.Meta{Image: meta, Labels: labels})
+}
+
+// freezeAndCopy seizes and stops the process, reads its state, asks the tracker
+// what was written and copies it, and says when it stopped the process. On
+// success the process is left stopped and traced by the calling thread; on failure
+// it runs on untouched.
+func (s *Session) freezeAndCopy() (f frozen) {
+	pid := s.pid
+	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
 	// Refuse threads before touching the process at all.
-	tids, err := procfs.ReadTasks(pid)
-	if err != nil {
-		return nil, nil, nil, time.Time{}, fmt.Errorf("list threads: %w", err)
-	}
-	if len(tids) != 1 {
-		return nil, nil, nil, time.Time{}, fmt.Errorf("process has %d threads: only single-threaded "+
-			"processes can be checkpointed yet: %w", len(tids), ErrUnsupported)
+	if err := singleThreaded(pid); err != nil {
+		return fail(err)
 	}
 
 	pre := preallocate(pid)
 	held := pre // the page buffer, released here on failure
+	attached := false
 	defer func() {
-		if err != nil {
+		if f.err != nil {
 			freeBuffer(held)
+			if attached {
+				ptrace.Detach(pid, 0)
+			}
 		}
 	}()
 
-	t0 := time.Now()
-	if err := ptrace.Seize(pid, 0); err != nil {
-		return nil, nil, nil, time.Time{}, fmt.Errorf("seize: %w", err)
+	f.stopped = time.Now()
+	if err := ptrace.Seize(pid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
+		return fail(fmt.Errorf("seize: %w", err))
 	}
+	attached = true
 	if err := ptrace.Interrupt(pid); err != nil {
-		ptrace.Detach(pid, 0)
-		return nil, nil, nil, time.Time{}, fmt.Errorf("interrupt: %w", err)
+		return fail(fmt.Errorf("interrupt: %w", err))
 	}
-	defer func() {
-		if err != nil {
-			ptrace.Detach(pid, 0)
-		}
-	}()
 	if err := waitInterrupted(pid); err != nil {
-		return nil, nil, nil, time.Time{}, err
+		return fail(err)
 	}
 
 	// A thread may have been born between the first look and the seize.
-	if tids, err = procfs.ReadTasks(pid); err != nil {
-		return nil, nil, nil, time.Time{}, fmt.Errorf("list threads: %w", err)
-	}
-	if len(tids) != 1 {
-		return nil, nil, nil, time.Time{}, fmt.Errorf("process has %d threads: only single-threaded "+
-			"processes can be checkpointed yet: %w", len(tids), ErrUnsupported)
+	if err := singleThreaded(pid); err != nil {
+		return fail(err)
 	}
 
-	im, err = readImage(pid)
+	im, err := readImage(pid)
 	if err != nil {
-		return nil, nil, nil, time.Time{}, err
+		return fail(err)
 	}
 	tImage := time.Now()
-	runs, err = planCopy(pid, im.VMAs)
+
+	dirty, fallback := s.collect(im)
+	plan, err := s.planCopy(im, dirty, fallback)
 	if err != nil {
-		return nil, nil, nil, time.Time{}, err
+		return fail(err)
 	}
 	tPlan := time.Now()
-	held, err = copyPages(pid, im.VMAs, runs, pre)
+
+	held, err = copyPages(pid, im.VMAs, plan.copy, pre)
 	if err != nil {
-		return nil, nil, nil, time.Time{}, err
+		return fail(err)
 	}
-	buf = held
-	log.Debug("frozen phases", "pid", pid, "stop_and_image", tImage.Sub(t0),
-		"pagemap", tPlan.Sub(tImage), "copy", time.Since(tPlan), "bytes", len(buf))
-	return im, runs, buf, t0, nil
+	s.log.Debug("frozen phases", "pid", pid, "stop_and_image", tImage.Sub(f.stopped),
+		"track_and_plan", tPlan.Sub(tImage), "copy", time.Since(tPlan), "bytes", len(held))
+
+	var pages int64
+	for _, r := range plan.copy {
+		pages += int64(r.pages)
+	}
+	return frozen{im: im, plan: plan, buf: held, dirty: pages, stopped: f.stopped}
+}
+
+// collect asks the tracker which pages were written since the parent snapshot. It
+// returns nil and the reason when the whole memory must be copied instead.
+func (s *Session) collect(im *image.Image) (*track.Dirty, string) {
+	ranges := trackedRanges(im.VMAs)
+	b, err := remote.Borrow(s.pid)
+	if err == nil {
+		var d track.Dirty
+		d, err = s.tracker.Collect(b, ranges)
+		if rerr := b.Release(); err == nil {
+			err = rerr
+		}
+		if err == nil {
+			if !s.armed || s.parent == "" {
+				return &d, "first checkpoint of this tracker: no parent it was armed at"
+			}
+			return &d, ""
+		}
+	}
+	// The tracker failed: copy everything now, and from scratch the next time too.
+	s.log.Warn("dirty-page tracker failed; scanning the whole memory", "pid", s.pid,
+		"tracker", s.tracker.Name(), "err", err)
+	s.tracker.Close()
+	s.tracker, _ = track.New("scan", s.pid)
+	s.fallback = fmt.Sprintf("tracker failed: %v", err)
+	return nil, s.fallback
+}
+
+// trackedRanges are the ranges a tracker watches: private anonymous memory.
+func trackedRanges(vmas []image.VMA) []track.Range {
+	var out []track.Range
+	for _, v := range vmas {
+		if v.Kind == image.VMAAnon && !v.Shared && v.Pages {
+			out = append(out, track.Range{Start: v.Start, End: v.End})
+		}
+	}
+	return out
+}
+
+// singleThreaded refuses a process with more than one thread, naming the count.
+func singleThreaded(pid int) error {
+	tids, err := procfs.ReadTasks(pid)
+	if err != nil {
+		return fmt.Errorf("list threads: %w", err)
+	}
+	if len(tids) != 1 {
+		return fmt.Errorf("process has %d threads: only single-threaded processes can be "+
+			"checkpointed yet: %w", len(tids), ErrUnsupported)
+	}
+	return nil
 }
 
 // waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal that
-// arrives first gives a signal-delivery stop instead; the process is stopped either
-// way, and the signal stays pending for delivery on detach.
+// arrives first gives a signal-delivery stop instead: the signal is delivered (the
+// process handles it as it would have) and the interrupt stop follows.
 func waitInterrupted(pid int) error {
-	ws, err := ptrace.Wait(pid)
-	if err != nil {
-		return err
+	for {
+		ws, err := ptrace.Wait(pid)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ws.Exited() || ws.Signaled():
+			return fmt.Errorf("process ended while being stopped: %w", unix.ESRCH)
+		case !ws.Stopped():
+			return fmt.Errorf("unexpected wait status %#x while stopping", uint32(ws))
+		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP:
+			// The interrupt, or a group stop (the process was stopped by SIGSTOP or
+			// the like, and stays so when detached).
+			return nil
+		default:
+			if err := ptrace.Cont(pid, int(ws.StopSignal())); err != nil {
+				return fmt.Errorf("deliver %v while stopping: %w", ws.StopSignal(), err)
+			}
+		}
 	}
-	if ws.Exited() || ws.Signaled() {
-		return fmt.Errorf("process ended while being stopped: %w", unix.ESRCH)
-	}
-	if !ws.Stopped() {
-		return fmt.Errorf("unexpected wait status %#x while stopping", uint32(ws))
-	}
-	return nil
 }
 
 // readImage records everything but the page contents of the stopped process.

@@ -10,7 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine/image"
+	"github.com/cryo-dev/cryo/engine/track"
 	"github.com/cryo-dev/cryo/internal/procfs"
+	"github.com/cryo-dev/cryo/pagestore"
 )
 
 // pageRun is a run of consecutive pages to copy.
@@ -30,40 +32,76 @@ const (
 // pagemapChunk is how many pagemap entries planCopy reads at a time (4 MiB).
 const pagemapChunk = 512 * 1024
 
-// planCopy decides which pages of the stopped process hold data that the snapshot
-// must keep: the present or swapped pages of private anonymous ranges, every page
-// of shared anonymous ranges (the data may live in the shared object without being
-// mapped here), and the copied-on-write pages of private file mappings. Clean file
-// pages come back from the file.
-func planCopy(pid int, vmas []image.VMA) ([]pageRun, error) {
-	pm, err := os.Open(procfs.Path(pid, "pagemap"))
+// copyPlan says what a checkpoint copies and what it takes from its parent.
+type copyPlan struct {
+	parent   string          // the snapshot the new one is incremental on, or ""
+	copy     []pageRun       // pages to copy now, ascending, split at range bounds
+	carry    []pagestore.Run // pages whose parent entries still hold
+	fallback string          // why the whole memory is copied, when it is
+}
+
+// planCopy decides which pages of the stopped process the snapshot takes anew:
+// the present or swapped pages of private anonymous ranges, every page of shared
+// anonymous ranges (the data may live in the shared object without being mapped
+// here), and the copied-on-write pages of private file mappings. Clean file pages
+// come back from the file, and pages mapping the shared zero page read as zero.
+//
+// In a range the tracker tracked, only the written pages are copied; the other
+// present pages are carried from the parent. A page neither written nor present
+// (discarded since) is neither: it reads as zero.
+func (s *Session) planCopy(im *image.Image, dirty *track.Dirty, fallback string) (
+	*copyPlan, error) {
+
+	plan := &copyPlan{parent: s.parent, fallback: fallback}
+	tracked := map[track.Range]bool{}
+	var written map[uint64]bool
+	if dirty != nil && fallback == "" && s.parent != "" {
+		for _, r := range dirty.Tracked {
+			tracked[r] = true
+		}
+		written = make(map[uint64]bool, len(dirty.Pages))
+		for _, a := range dirty.Pages {
+			written[a] = true
+		}
+	}
+
+	pm, err := os.Open(procfs.Path(s.pid, "pagemap"))
 	if err != nil {
 		return nil, fmt.Errorf("open pagemap: %w", err)
 	}
 	defer pm.Close()
 
-	var runs []pageRun
 	first := 0 // runs before this index belong to earlier ranges and never grow
 	add := func(addr uint64) {
+		runs := plan.copy
 		if n := len(runs); n > first && runs[n-1].addr+runs[n-1].pages*pageSize == addr {
 			runs[n-1].pages++
 			return
 		}
-		runs = append(runs, pageRun{addr: addr, pages: 1})
+		plan.copy = append(runs, pageRun{addr: addr, pages: 1})
+	}
+	carry := func(addr uint64) {
+		runs := plan.carry
+		if n := len(runs); n > 0 && runs[n-1].End == addr {
+			runs[n-1].End += pageSize
+			return
+		}
+		plan.carry = append(runs, pagestore.Run{Start: addr, End: addr + pageSize})
 	}
 
 	buf := make([]byte, 8*pagemapChunk)
 	zero := zeroPFN()
-	for _, v := range vmas {
+	for _, v := range im.VMAs {
 		if !v.Pages {
 			continue
 		}
-		first = len(runs)
+		first = len(plan.copy)
 		if v.Kind == image.VMAAnon && v.Shared {
-			runs = append(runs, pageRun{addr: v.Start, pages: v.Len() / pageSize})
+			plan.copy = append(plan.copy, pageRun{addr: v.Start, pages: v.Len() / pageSize})
 			continue
 		}
 		fileBacked := v.Kind == image.VMAFile
+		isTracked := tracked[track.Range{Start: v.Start, End: v.End}]
 		for addr := v.Start; addr < v.End; {
 			n := min((v.End-addr)/pageSize, pagemapChunk)
 			b := buf[:n*8]
@@ -72,22 +110,25 @@ func planCopy(pid int, vmas []image.VMA) ([]pageRun, error) {
 			}
 			for i := uint64(0); i < n; i++ {
 				e := binary.LittleEndian.Uint64(b[i*8:])
+				page := addr + i*pageSize
 				switch {
-				case e&pmSwapped != 0:
-					add(addr + i*pageSize)
-				case e&pmPresent == 0:
-				case fileBacked && e&pmFile != 0:
-					// A clean page of the file itself.
-				case zero != 0 && e&pmPFNMask == zero:
-					// Read, never written: the shared zero page.
-				default:
-					add(addr + i*pageSize)
+				case e&pmSwapped == 0 && e&pmPresent == 0:
+					continue // never touched, or discarded: reads as zero
+				case e&pmSwapped == 0 && fileBacked && e&pmFile != 0:
+					continue // a clean page of the file itself
+				case e&pmSwapped == 0 && zero != 0 && e&pmPFNMask == zero:
+					continue // read, never written: the shared zero page
+				}
+				if isTracked && !written[page] {
+					carry(page)
+				} else {
+					add(page)
 				}
 			}
 			addr += n * pageSize
 		}
 	}
-	return runs, nil
+	return plan, nil
 }
 
 // iovMax is IOV_MAX: the most iovecs process_vm_readv takes in one call.

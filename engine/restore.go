@@ -43,6 +43,9 @@ type RestoreOptions struct {
 
 	// LazyMetrics, when set, collects page-server figures.
 	LazyMetrics *lazy.Metrics
+
+	// Metrics, when set, records the restore.
+	Metrics *Metrics
 }
 
 // Restored is a process that Restore rebuilt and set running.
@@ -145,6 +148,16 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 	r.snap = snap
 	r.start = start
 	r.ToRun = time.Since(start)
+	if opts.Metrics != nil {
+		opts.Metrics.restoreToRun.Observe(r.ToRun.Seconds())
+	}
+
+	// Its next checkpoint is incremental on this snapshot.
+	if st, err := procfs.ReadStat(r.Pid); err == nil {
+		if err := recordLineage(store, r.Pid, st.StartTime, id); err != nil {
+			log.Warn("restored process will be checkpointed in full", "pid", r.Pid, "err", err)
+		}
+	}
 	log.Info("process running", "snapshot", id, "pid", r.Pid, "lazy", !opts.Eager,
 		"to_run", r.ToRun)
 	return r, nil

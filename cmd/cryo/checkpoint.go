@@ -11,7 +11,10 @@ import (
 )
 
 func (a *app) checkpointCmd() *cobra.Command {
-	var kill bool
+	var (
+		kill            bool
+		tracker, parent string
+	)
 	cmd := &cobra.Command{
 		Use:   "checkpoint PID",
 		Short: "Take a snapshot of a running process and let it run on",
@@ -30,19 +33,29 @@ func (a *app) checkpointCmd() *cobra.Command {
 			}
 			defer st.Close()
 
-			res, err := engine.Checkpoint(st, pid, engine.CheckpointOptions{Logger: a.log, Kill: kill})
+			res, err := engine.Checkpoint(st, pid, engine.CheckpointOptions{
+				Logger: a.log, Kill: kill, Tracker: tracker, Parent: parent,
+			})
 			if err != nil {
 				return err
 			}
 			s := res.Snapshot.Stats
 			fmt.Fprintf(os.Stderr, "checkpoint of pid %d: frozen %v, total %v, %d pages "+
-				"(%d new, %d deduplicated, %d zero), %d bytes stored\n",
-				pid, res.Frozen.Round(10e3), res.Total.Round(10e3), s.Pages, s.NewPages,
-				s.DedupPages, s.ZeroPages, s.StoredBytes)
+				"(%d copied, %d new, %d deduplicated, %d zero), %d bytes stored, tracker %s\n",
+				pid, res.Frozen.Round(10e3), res.Total.Round(10e3), s.Pages, res.DirtyPages,
+				s.NewPages, s.DedupPages, s.ZeroPages, s.StoredBytes, res.Tracker)
+			if res.Fallback != "" {
+				fmt.Fprintf(os.Stderr, "  whole memory scanned: %s\n", res.Fallback)
+			}
 			fmt.Println(res.Snapshot.ID)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&kill, "kill", false, "kill the process once the snapshot is durable")
+	cmd.Flags().StringVar(&tracker, "tracker", "auto",
+		"dirty-page tracker: auto, uffd-wp, soft-dirty or scan")
+	cmd.Flags().StringVar(&parent, "parent", "",
+		"snapshot to be incremental on (default: the process's previous snapshot, or the "+
+			"one it was restored from)")
 	return cmd
 }

@@ -105,6 +105,12 @@ func printInspect(o inspectJSON) {
 		fmt.Printf("parent    %s\n", o.Parent)
 	}
 	fmt.Printf("created   %s\n", o.Created.Local().Format(time.RFC3339))
+	if tr := o.Labels["tracker"]; tr != "" {
+		fmt.Printf("tracker   %s\n", tr)
+	}
+	if fb := o.Labels["fallback"]; fb != "" {
+		fmt.Printf("scanned   whole memory: %s\n", fb)
+	}
 	fmt.Printf("process   pid %d, %s (%s), %d thread(s), kernel %s\n", im.Pid, im.Comm, im.Exe,
 		len(im.Threads), im.Kernel)
 	s := o.Stats
