@@ -66,12 +66,25 @@ type Result struct {
 // Checkpoint takes one snapshot of process pid into store: a Session of one
 // checkpoint. Incremental on opts.Parent or the process's previous snapshot when
 // there is one, by scanning (a tracker needs to have been armed at that snapshot).
+//
+// A tracker's state does not outlive this call (the uffd-wp tracker's userfaultfd
+// closes with it), so with Tracker "auto" a single checkpoint scans, and says so in
+// the snapshot; Session keeps a tracker armed from one checkpoint to the next.
 func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Result, error) {
+	reason := ""
+	if opts.Tracker == "" || opts.Tracker == "auto" {
+		opts.Tracker = "scan"
+		reason = "a single checkpoint keeps no tracker armed between runs of cryo " +
+			"(cryo run and cryo watch do): scanned against the parent"
+	}
 	s, err := NewSession(store, pid, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
+	if reason != "" {
+		s.fallback = reason
+	}
 	return s.Checkpoint(opts.Kill)
 }
 
@@ -262,7 +275,10 @@ func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
 		"pid": fmt.Sprint(s.pid), "comm": f.im.Comm, "starttime": fmt.Sprint(s.start),
 		"tracker": s.tracker.Name(),
 	}
-	if f.plan.fallback != "" {
+	switch {
+	case s.fallback != "":
+		labels["fallback"] = s.fallback
+	case f.plan.fallback != "":
 		labels["fallback"] = f.plan.fallback
 	}
 	return w.Commit(pagestore.Meta{Image: meta, Labels: labels})
@@ -340,6 +356,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 // collect asks the tracker which pages were written since the parent snapshot. It
 // returns nil and the reason when the whole memory must be copied instead.
 func (s *Session) collect(im *image.Image) (*track.Dirty, string) {
+	if s.tracker.Name() == "scan" {
+		return nil, "" // nothing to ask: every page is copied and deduplicated
+	}
 	ranges := trackedRanges(im.VMAs)
 	b, err := remote.Borrow(s.pid)
 	if err == nil {
