@@ -8,7 +8,10 @@
 // store's deduplication keeps only what changed.
 package track
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Process is a stopped, ptrace-seized process in which a tracker may run system
 // calls (engine/remote.Borrowed implements it). Its methods must be called from the
@@ -32,6 +35,12 @@ type Dirty struct {
 	// previous Collect, ascending. A tracker may report more pages than were written
 	// (never fewer).
 	Pages []uint64
+
+	// Refused gives, for the ranges the tracker tried and failed to arm, why (an
+	// errno such as EBUSY when another userfaultfd owns the range), for logs. Such
+	// ranges are not in Tracked now and will not be next time. Ranges that are
+	// merely new are not listed.
+	Refused map[Range]error
 }
 
 // Tracker finds written pages. Its methods are called with the process stopped,
@@ -46,6 +55,11 @@ type Tracker interface {
 	// tracked range. ranges are ascending and do not overlap.
 	Collect(p Process, ranges []Range) (Dirty, error)
 
+	// Reset forgets what was armed: the next Collect reports no range tracked.
+	// Call it when the checkpoint that used the last Collect's pages was not
+	// kept, since Collect re-arms the pages it reports.
+	Reset()
+
 	// Close releases what the tracker holds (a userfaultfd). The process need not
 	// be stopped.
 	Close() error
@@ -54,3 +68,35 @@ type Tracker interface {
 // ErrNotSupported matches errors of trackers this kernel cannot run; they name the
 // kernel feature missing and the version that brought it.
 var ErrNotSupported = errors.New("not supported by this kernel")
+
+// NotSupportedError reports a tracker this kernel cannot run. It matches
+// ErrNotSupported.
+type NotSupportedError struct {
+	Tracker string // "uffd-wp", "soft-dirty"
+	Feature string // C name of the feature, e.g. "UFFD_FEATURE_WP_ASYNC"
+
+	// Version is the Linux version that brought Feature, or "" for a build
+	// option (CONFIG_MEM_SOFT_DIRTY) the kernel was built without.
+	Version string
+
+	Err error // what the probe saw, if anything
+}
+
+func (e *NotSupportedError) Error() string {
+	var s string
+	if e.Version != "" {
+		s = fmt.Sprintf("%s tracker: %s needs Linux %s", e.Tracker, e.Feature, e.Version)
+	} else {
+		s = fmt.Sprintf("%s tracker: %s is off in this kernel", e.Tracker, e.Feature)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Is makes a NotSupportedError match ErrNotSupported.
+func (e *NotSupportedError) Is(target error) bool { return target == ErrNotSupported }
+
+// Unwrap returns what the probe saw.
+func (e *NotSupportedError) Unwrap() error { return e.Err }

@@ -1,0 +1,346 @@
+package track
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/internal/pagemap"
+	"github.com/cryo-dev/cryo/internal/procfs"
+)
+
+const pageSize = pagemap.PageSize
+
+// requireTracker fails for uffd-wp and scan, which this kernel (6.18) must run,
+// and skips, saying why, for soft-dirty, which it lacks.
+func requireTracker(t *testing.T, kind string) {
+	t.Helper()
+	err := Probe(kind)
+	if err == nil {
+		return
+	}
+	if kind == KindSoftDirty && errors.Is(err, ErrNotSupported) {
+		t.Logf("WARNING: the soft-dirty tracker is not tested on this machine: %v", err)
+		t.Skipf("SKIP soft-dirty: %v", err)
+	}
+	t.Fatalf("tracker %s must run on this kernel: %v", kind, err)
+}
+
+func TestProbe(t *testing.T) {
+	for _, k := range []string{KindAuto, KindUffdWP, KindScan} {
+		if err := Probe(k); err != nil {
+			t.Errorf("Probe(%q) = %v, want nil on Linux 6.7+", k, err)
+		}
+	}
+	err := Probe(KindSoftDirty)
+	t.Logf("Probe(soft-dirty) = %v", err)
+	if err != nil && !errors.Is(err, ErrNotSupported) {
+		t.Errorf("Probe(soft-dirty) = %v, want nil or ErrNotSupported", err)
+	}
+	if err := Probe("bogus"); err == nil || errors.Is(err, ErrNotSupported) {
+		t.Errorf("Probe(bogus) = %v, want an error that is not ErrNotSupported", err)
+	}
+	if _, err := New("bogus", 1); err == nil {
+		t.Error("New(bogus) succeeded")
+	}
+	tr, err := New(KindAuto, os.Getpid())
+	if err != nil || tr.Name() != KindUffdWP {
+		t.Errorf("New(auto) = %v, %v; want the uffd-wp tracker", tr, err)
+	}
+	tr.Close()
+}
+
+func TestNotSupportedError(t *testing.T) {
+	e := error(&NotSupportedError{Tracker: KindUffdWP, Feature: "UFFD_FEATURE_WP_ASYNC",
+		Version: "6.7"})
+	if got, want := e.Error(), "uffd-wp tracker: UFFD_FEATURE_WP_ASYNC needs Linux 6.7"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	e = &NotSupportedError{Tracker: KindSoftDirty, Feature: "CONFIG_MEM_SOFT_DIRTY"}
+	if got, want := e.Error(),
+		"soft-dirty tracker: CONFIG_MEM_SOFT_DIRTY is off in this kernel"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if !errors.Is(e, ErrNotSupported) {
+		t.Error("NotSupportedError does not match ErrNotSupported")
+	}
+}
+
+// TestTruth writes known pages of a live process between two Collects and checks
+// that each tracker reports every one of them, for three rounds, one of them
+// with writes from the kernel (read(2) into the page). Then the process checks
+// its own memory: a write to a page the tracker re-protected must have landed.
+func TestTruth(t *testing.T) {
+	for _, kind := range []string{KindUffdWP, KindSoftDirty, KindScan} {
+		t.Run(kind, func(t *testing.T) {
+			runtime.LockOSThread()
+			requireTracker(t, kind)
+			c := startToucher(t, 64)
+			tr, err := New(kind, c.pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+
+			ranges, d := c.collect(t, tr)
+			if len(d.Tracked) != 0 || len(d.Pages) != 0 {
+				t.Errorf("first Collect tracked %d ranges", len(d.Tracked))
+			}
+			rng := rand.New(rand.NewPCG(1, uint64(len(kind))))
+			for round := 0; round < 3; round++ {
+				set := map[int]bool{0: true, c.pages - 1: true}
+				for len(set) < c.pages/100 {
+					set[rng.IntN(c.pages)] = true
+				}
+				run := rng.IntN(c.pages - 300)
+				for i := run; i < run+300; i++ {
+					set[i] = true
+				}
+				written := make([]int, 0, len(set))
+				for i := range set {
+					written = append(written, i)
+				}
+				slices.Sort(written)
+				c.write(t, written)
+				if round == 1 {
+					for _, i := range []int{7, c.pages / 2} {
+						c.do(t, "kw %d", i)
+						if !set[i] {
+							written = append(written, i)
+						}
+					}
+				}
+
+				ranges, d = c.collect(t, tr)
+				region := Range{c.base, c.base + uint64(c.pages)*pageSize}
+				if kind != KindScan && rangeOf(d.Tracked, c.base) < 0 {
+					t.Fatalf("round %d: the region %#x-%#x is not tracked", round,
+						region.Start, region.End)
+				}
+				missed := 0
+				for _, i := range written {
+					if !covered(ranges, d, c.base+uint64(i)*pageSize) {
+						missed++
+					}
+				}
+				if missed > 0 {
+					t.Errorf("round %d: tracker %s missed %d of %d written pages", round,
+						kind, missed, len(written))
+				}
+				reported := 0
+				for i := 0; i < c.pages; i++ {
+					if covered(ranges, d, c.base+uint64(i)*pageSize) {
+						reported++
+					}
+				}
+				t.Logf("tracker %s: %d written, %d reported, %d extra (round %d; "+
+					"%d pages reported in the whole process)", kind, len(written), reported,
+					reported-len(written), round, len(d.Pages))
+			}
+			c.do(t, "check")
+		})
+	}
+}
+
+// TestLayoutChanges changes the toucher's mappings between Collects: a new
+// mapping, a moved one, an unmapped one, a grown heap and a range owned by a
+// userfaultfd of the toucher's own must all come back untracked (or absent),
+// never as tracked with pages missing, and never as an error.
+func TestLayoutChanges(t *testing.T) {
+	for _, kind := range []string{KindUffdWP, KindSoftDirty} {
+		t.Run(kind, func(t *testing.T) {
+			runtime.LockOSThread()
+			requireTracker(t, kind)
+			c := startToucher(t, 4)
+			tr, err := New(kind, c.pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			c.collect(t, tr)
+
+			// A new mapping, and heap growth.
+			a := hexArg(t, c.do(t, "map 16")[0])
+			brk := c.do(t, "brk 64")
+			oldBrk, newBrk := hexArg(t, brk[0]), hexArg(t, brk[1])
+			_, d := c.collect(t, tr)
+			requireUntracked(t, d, "new mapping", a)
+			requireUntracked(t, d, "grown heap", oldBrk, newBrk-pageSize)
+			if rangeOf(d.Tracked, c.base) < 0 {
+				t.Error("the unchanged region is not tracked")
+			}
+
+			// Moved, unmapped and foreign-userfaultfd ranges.
+			moved := hexArg(t, c.do(t, "mremap %x 16", a)[0])
+			b := hexArg(t, c.do(t, "map 8")[0])
+			c.do(t, "unmap %x 8", b)
+			u := hexArg(t, c.do(t, "map 8")[0])
+			c.do(t, "uffd %x 8", u)
+			ranges, d := c.collect(t, tr)
+			requireUntracked(t, d, "moved mapping", moved)
+			if rangeOf(ranges, b) >= 0 && b != u {
+				t.Errorf("unmapped range %#x still listed", b)
+			}
+			requireUntracked(t, d, "range of another userfaultfd", u)
+			if kind == KindUffdWP {
+				i := rangeOf(ranges, u)
+				if err := d.Refused[ranges[i]]; !errors.Is(err, unix.EBUSY) {
+					t.Errorf("range of another userfaultfd refused with %v, want EBUSY", err)
+				}
+			}
+
+			// Next time the moved mapping is tracked at its new place; the other
+			// userfaultfd's range stays untracked; the heap, if its bounds held,
+			// is tracked.
+			c.do(t, "w 3")
+			ranges, d = c.collect(t, tr)
+			if rangeOf(d.Tracked, moved) < 0 {
+				t.Error("moved mapping not tracked at its new place on the next Collect")
+			}
+			requireUntracked(t, d, "range of another userfaultfd", u)
+			if !covered(ranges, d, c.base+3*pageSize) {
+				t.Error("written page 3 not reported")
+			}
+			c.do(t, "check")
+		})
+	}
+}
+
+func requireUntracked(t *testing.T, d Dirty, what string, addrs ...uint64) {
+	t.Helper()
+	for _, a := range addrs {
+		if i := rangeOf(d.Tracked, a); i >= 0 {
+			t.Errorf("%s at %#x reported tracked (range %#x-%#x)", what, a,
+				d.Tracked[i].Start, d.Tracked[i].End)
+		}
+	}
+}
+
+// TestDontNeed zaps pages of a tracked region, written and unwritten, and writes
+// some of them again: every page whose content changed must be reported or no
+// longer present (the engine takes a page neither reported nor present for a
+// zero page).
+func TestDontNeed(t *testing.T) {
+	for _, kind := range []string{KindUffdWP, KindSoftDirty} {
+		t.Run(kind, func(t *testing.T) {
+			runtime.LockOSThread()
+			requireTracker(t, kind)
+			c := startToucher(t, 4)
+			tr, err := New(kind, c.pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			c.collect(t, tr)
+
+			changed := map[int]bool{}
+			c.write(t, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+			c.do(t, "zap 5 16")
+			c.write(t, []int{12, 13})
+			c.do(t, "kw 14")
+			for i := 0; i < 16; i++ {
+				changed[i] = true
+			}
+			for round := 0; round < 2; round++ {
+				ranges, d := c.collect(t, tr)
+				pm, err := pagemap.Open(c.pid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				entries, err := pagemap.ReadEntries(pm, c.base, c.base+64*pageSize, nil)
+				pm.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range changed {
+					a := c.base + uint64(i)*pageSize
+					e := entries[i]
+					if !covered(ranges, d, a) && (e.Present() || e.Swapped()) {
+						t.Errorf("round %d: page %d changed, is present (%#x) and not reported",
+							round, i, uint64(e))
+					}
+				}
+				// Write zapped pages again: they must be reported next time.
+				changed = map[int]bool{6: true, 10: true, 13: true}
+				c.write(t, []int{6, 10, 13})
+			}
+			_, d := c.collect(t, tr)
+			for _, i := range []int{6, 10, 13} {
+				if _, ok := slices.BinarySearch(d.Pages, c.base+uint64(i)*pageSize); !ok {
+					t.Errorf("page %d written after a zap not reported", i)
+				}
+			}
+			c.do(t, "check")
+		})
+	}
+}
+
+// TestUffdWPDescriptors checks that the userfaultfd is created in the target,
+// that the target's copy is closed, and that Close releases cryo's copy and the
+// target's registrations.
+func TestUffdWPDescriptors(t *testing.T) {
+	runtime.LockOSThread()
+	requireTracker(t, KindUffdWP)
+	c := startToucher(t, 4)
+	mine, err := procfs.ReadFDs(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := procfs.ReadFDs(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := New(KindUffdWP, c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.collect(t, tr)
+	if after, _ := procfs.ReadFDs(c.pid); !slices.Equal(after, theirs) {
+		t.Errorf("target descriptors %v after Collect, %v before", after, theirs)
+	}
+	if after, _ := procfs.ReadFDs(os.Getpid()); len(after) != len(mine)+1 {
+		t.Errorf("tracker holds %d descriptors, want 1", len(after)-len(mine))
+	}
+	smaps, err := procfs.ReadSmaps(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := vmaOf(smaps, c.base); i < 0 || !smaps[i].VmFlags.Has(procfs.VmUffdWP) {
+		t.Error("region not registered for write-protection after the first Collect")
+	}
+
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if after, _ := procfs.ReadFDs(os.Getpid()); !slices.Equal(after, mine) {
+		t.Errorf("descriptors %v after Close, %v before", after, mine)
+	}
+	smaps, err = procfs.ReadSmaps(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range smaps {
+		if v.VmFlags.Has(procfs.VmUffdWP) {
+			t.Errorf("range %#x-%#x still registered after Close", v.Start, v.End)
+		}
+	}
+	c.write(t, []int{1, 2})
+	c.do(t, "check")
+}
+
+func vmaOf(vmas []procfs.VMA, addr uint64) int {
+	for i, v := range vmas {
+		if v.Start <= addr && addr < v.End {
+			return i
+		}
+	}
+	return -1
+}
