@@ -5,6 +5,8 @@
 //	cryo restore [SNAPSHOT|latest] [--eager] [--detach] [--pidfile FILE]
 //	cryo ls
 //	cryo inspect SNAPSHOT [--json]
+//	cryo run [--interval D] [--keep N] [--metrics ADDR] [--tracker T] -- CMD ARGS...
+//	cryo watch PID [--interval D] [--keep N] [--metrics ADDR] [--tracker T]
 //
 // The store is --store, else $CRYO_STORE, else /var/lib/cryo.
 package main
@@ -40,6 +42,11 @@ func main() {
 	// Descriptors inherited without close-on-exec would otherwise leak into the
 	// processes cryo starts, a restored process among them.
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+
+	// cryo run starts the program under a copy of cryo that only waits for it.
+	if len(os.Args) > 0 && os.Args[0] == reaperArg0 {
+		os.Exit(reap(os.Args[1:]))
+	}
 
 	root := newRoot()
 	err := root.Execute()
@@ -89,7 +96,8 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn",
 		"log level: debug, info, warn or error")
 
-	root.AddCommand(a.checkpointCmd(), a.restoreCmd(), a.lsCmd(), a.inspectCmd())
+	root.AddCommand(a.checkpointCmd(), a.restoreCmd(), a.lsCmd(), a.inspectCmd(),
+		a.runCmd(), a.watchCmd())
 	return root
 }
 
