@@ -1,8 +1,13 @@
 package pagestore
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
 	"testing"
 )
 
@@ -53,6 +58,78 @@ func BenchmarkIngest(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// BenchmarkOpen measures opening a store whose sealed packs index 1 and 10
+// million pages (synthetic indexes over sparse pack files of the right size),
+// and reports the bytes the in-memory index keeps per page after the open.
+func BenchmarkOpen(b *testing.B) {
+	for _, pages := range []int{1_000_000, 10_000_000} {
+		b.Run(fmt.Sprintf("%dM", pages/1_000_000), func(b *testing.B) {
+			dir := b.TempDir()
+			s, err := Open(dir, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.Close()
+			writeSyntheticPacks(b, dir, pages, 250_000)
+			b.ReportAllocs()
+			var heap uint64
+			for b.Loop() {
+				runtime.GC()
+				var m0, m1 runtime.MemStats
+				runtime.ReadMemStats(&m0)
+				s, err := Open(dir, Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(s.index) != pages {
+					b.Fatalf("index holds %d entries, want %d", len(s.index), pages)
+				}
+				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&m1)
+				heap = m1.HeapAlloc - m0.HeapAlloc
+				s.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(heap)/float64(pages), "index-B/page")
+		})
+	}
+}
+
+// writeSyntheticPacks writes sealed packs of perPack random ids each, pages in
+// all: real indexes, and pack files that are holes of the recorded size.
+func writeSyntheticPacks(b *testing.B, dir string, pages, perPack int) {
+	r := rand.New(rand.NewPCG(uint64(pages), 3))
+	for done := 0; done < pages; done += perPack {
+		n := min(perPack, pages-done)
+		entries := make([]indexEntry, n)
+		const flen = 1000
+		for i := range entries {
+			e := &entries[i]
+			binary.LittleEndian.PutUint64(e.ID[:], r.Uint64())
+			binary.LittleEndian.PutUint64(e.ID[8:], r.Uint64())
+			e.Off = packHeaderSize + uint64(i/maxFramePages)*flen
+			e.FrameLen, e.Slot, e.Kind = flen, uint8(i%maxFramePages), kindPages
+		}
+		slices.SortFunc(entries, cmpEntry)
+		size := packHeaderSize + uint64((n+maxFramePages-1)/maxFramePages)*flen
+		name := newID()
+		if err := os.WriteFile(filepath.Join(dir, packsDir, name+indexExt),
+			encodeIndex(entries, size), fileMode); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Truncate(filepath.Join(dir, packsDir, name+packExt),
+			int64(size)); err != nil {
+			f, cerr := os.Create(filepath.Join(dir, packsDir, name+packExt))
+			if cerr != nil {
+				b.Fatal(cerr)
+			}
+			f.Truncate(int64(size))
+			f.Close()
 		}
 	}
 }

@@ -204,9 +204,10 @@ func encodeIndex(entries []indexEntry, packSize uint64) []byte {
 	return binary.LittleEndian.AppendUint64(b, xxhash.Sum64(b))
 }
 
-// decodeIndex decodes a pack index and returns its entries (sorted by id) and the
-// size of the pack it describes.
-func decodeIndex(b []byte) ([]indexEntry, uint64, error) {
+// decodeIndex decodes the index of pack number pack straight into in-memory
+// entries (sorted by id, as on disk) and returns them with the size of the pack
+// it describes.
+func decodeIndex(b []byte, pack uint32) ([]loc, uint64, error) {
 	if len(b) < indexHeaderSize+8 {
 		return nil, 0, formatErr("index: %d bytes is too short", len(b))
 	}
@@ -225,27 +226,27 @@ func decodeIndex(b []byte) ([]indexEntry, uint64, error) {
 	if got, want := xxhash.Sum64(b[:body]), binary.LittleEndian.Uint64(b[body:]); got != want {
 		return nil, 0, formatErr("index: checksum %016x, stored %016x", got, want)
 	}
-	entries := make([]indexEntry, n)
+	entries := make([]loc, n)
 	p := b[indexHeaderSize:body]
 	for i := range entries {
 		e := &entries[i]
-		copy(e.ID[:], p)
-		e.Off = binary.LittleEndian.Uint64(p[16:])
-		e.FrameLen = binary.LittleEndian.Uint32(p[24:])
-		e.Slot, e.Kind = p[28], p[29]
+		copy(e.id[:], p)
+		e.off = binary.LittleEndian.Uint64(p[16:])
+		e.flen = binary.LittleEndian.Uint32(p[24:])
+		e.slot, e.kind, e.pack = p[28], p[29], pack
 		p = p[indexEntrySize:]
-		if e.Kind != kindPages && e.Kind != kindBlock {
-			return nil, 0, formatErr("index entry %d: kind %d", i, e.Kind)
+		if e.kind != kindPages && e.kind != kindBlock {
+			return nil, 0, formatErr("index entry %d: kind %d", i, e.kind)
 		}
-		if e.Slot >= maxFramePages || e.FrameLen < frameHeaderSize {
-			return nil, 0, formatErr("index entry %d: slot %d, frame %d bytes", i, e.Slot,
-				e.FrameLen)
+		if e.slot >= maxFramePages || e.flen < frameHeaderSize {
+			return nil, 0, formatErr("index entry %d: slot %d, frame %d bytes", i, e.slot,
+				e.flen)
 		}
-		if e.Off < packHeaderSize || e.Off > packSize || packSize-e.Off < uint64(e.FrameLen) {
+		if e.off < packHeaderSize || e.off > packSize || packSize-e.off < uint64(e.flen) {
 			return nil, 0, formatErr("index entry %d: frame %d+%d outside pack of %d bytes", i,
-				e.Off, e.FrameLen, packSize)
+				e.off, e.flen, packSize)
 		}
-		if i > 0 && cmpEntry(entries[i-1], *e) > 0 {
+		if i > 0 && idLess(&e.id, &entries[i-1].id) {
 			return nil, 0, formatErr("index entry %d: not sorted", i)
 		}
 	}

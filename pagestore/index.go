@@ -2,7 +2,10 @@ package pagestore
 
 import (
 	"bytes"
+	"encoding/binary"
+	"runtime"
 	"sort"
+	"sync"
 )
 
 // loc is the in-memory index entry of one page or block: 40 bytes with padding
@@ -34,37 +37,106 @@ func search(index []loc, id PageID) int {
 	})
 }
 
-// mergeLocs merges two slices sorted by id into a new sorted slice.
-func mergeLocs(a, b []loc) []loc {
-	out := make([]loc, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		if bytes.Compare(b[0].id[:], a[0].id[:]) < 0 {
-			out = append(out, b[0])
-			b = b[1:]
-		} else {
-			out = append(out, a[0])
-			a = a[1:]
-		}
+// idLess reports whether a sorts before b, comparing ids as two big-endian
+// words (the same order as bytes.Compare, without its call).
+func idLess(a, b *PageID) bool {
+	ah, bh := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(b[:8])
+	if ah != bh {
+		return ah < bh
 	}
-	out = append(out, a...)
-	return append(out, b...)
+	return binary.BigEndian.Uint64(a[8:]) < binary.BigEndian.Uint64(b[8:])
 }
 
-// mergeRuns merges sorted runs pairwise, O(n log runs).
+// mergeRuns merges runs sorted by id into one new sorted slice. Ids are hashes,
+// spread evenly, so the id space is cut into one part per CPU at even points;
+// each part (the matching slice of every run, found by binary search) is
+// merged on its own goroutine into its place in the output. Entries with equal
+// ids keep the order of their runs.
 func mergeRuns(runs [][]loc) []loc {
-	if len(runs) == 0 {
-		return nil
+	total := 0
+	for _, r := range runs {
+		total += len(r)
 	}
-	for len(runs) > 1 {
-		next := runs[:0:0]
-		for i := 0; i < len(runs); i += 2 {
-			if i+1 == len(runs) {
-				next = append(next, runs[i])
-			} else {
-				next = append(next, mergeLocs(runs[i], runs[i+1]))
+	out := make([]loc, total)
+	parts := runtime.GOMAXPROCS(0)
+	if total < 1<<16 {
+		parts = 1
+	}
+	var wg sync.WaitGroup
+	off := 0
+	for p := range parts {
+		sub := make([][]loc, len(runs))
+		n := 0
+		for i, r := range runs {
+			end := len(r)
+			if p < parts-1 {
+				cut := ^uint64(0) / uint64(parts) * uint64(p+1)
+				end = sort.Search(len(r), func(k int) bool {
+					return binary.BigEndian.Uint64(r[k].id[:8]) >= cut
+				})
 			}
+			sub[i], runs[i] = r[:end], r[end:]
+			n += end
 		}
-		runs = next
+		dst := out[off : off+n]
+		wg.Go(func() { mergeInto(dst, sub) })
+		off += n
 	}
-	return runs[0]
+	wg.Wait()
+	return out
+}
+
+// mergeInto merges runs sorted by id into out, which holds exactly their
+// entries: a k-way merge through a binary heap of run heads.
+func mergeInto(out []loc, runs [][]loc) {
+	var h []int // heap of run numbers, by head id then run number
+	for i, r := range runs {
+		if len(r) > 0 {
+			h = append(h, i)
+		}
+	}
+	less := func(x, y int) bool {
+		a, b := &runs[h[x]][0].id, &runs[h[y]][0].id
+		if *a == *b {
+			return h[x] < h[y]
+		}
+		return idLess(a, b)
+	}
+	down := func(i int) {
+		for {
+			c := 2*i + 1
+			if c >= len(h) {
+				return
+			}
+			if c+1 < len(h) && less(c+1, c) {
+				c++
+			}
+			if !less(c, i) {
+				return
+			}
+			h[i], h[c] = h[c], h[i]
+			i = c
+		}
+	}
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	if len(h) == 1 {
+		copy(out, runs[h[0]])
+		return
+	}
+	for k := range out {
+		r := h[0]
+		out[k] = runs[r][0]
+		runs[r] = runs[r][1:]
+		if len(runs[r]) == 0 {
+			h[0] = h[len(h)-1]
+			h = h[:len(h)-1]
+		}
+		if len(h) == 1 {
+			copy(out[k+1:], runs[h[0]])
+			return
+		}
+		down(0)
+	}
 }

@@ -233,34 +233,48 @@ func (s *Store) refresh() error {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	runs := [][]loc{s.index}
-	for _, name := range names {
-		p, entries := s.loadPack(name)
-		if p == nil {
-			continue // vanished while we looked
+	// Indexes are read and decoded in parallel, at most one goroutine per CPU;
+	// pack numbers follow name order whatever finishes first.
+	loaded := make([]*pack, len(names))
+	runs := make([][]loc, 1+len(names))
+	runs[0] = s.index
+	first := uint32(len(s.packs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, name := range names {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			loaded[i], runs[1+i] = s.loadPack(name, first+uint32(i))
+		})
+	}
+	wg.Wait()
+	for i, p := range loaded {
+		if p == nil { // vanished while we looked: a tombstone keeps the numbering
+			p = &pack{name: names[i], gone: true}
+		} else {
+			s.byName[p.name] = uint32(len(s.packs))
 		}
-		n := uint32(len(s.packs))
 		s.packs = append(s.packs, p)
-		s.byName[name] = n
-		runs = append(runs, locsOf(n, entries))
 	}
 	s.index = mergeRuns(runs)
 	return nil
 }
 
-// loadPack reads the index of a sealed pack. Damage is recorded on the pack (and
-// reported by Verify and by reads) rather than failing the whole store.
-func (s *Store) loadPack(name string) (*pack, []indexEntry) {
+// loadPack reads the index of a sealed pack, to be pack number n. Damage is
+// recorded on the pack (and reported by Verify and by reads) rather than failing
+// the whole store.
+func (s *Store) loadPack(name string, n uint32) (*pack, []loc) {
 	p := &pack{name: name}
 	path := s.packPath(name, indexExt)
 	b, err := readFileLimited(path, indexHeaderSize+indexEntrySize*(1<<32)+8)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	var entries []indexEntry
+	var entries []loc
 	var size uint64
 	if err == nil {
-		entries, size, err = decodeIndex(b)
+		entries, size, err = decodeIndex(b, n)
 		if err != nil {
 			err = &CorruptionError{Path: path, Pack: name, Offset: -1, Reason: "index", Err: err}
 		}
