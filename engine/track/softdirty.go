@@ -35,7 +35,8 @@ func (t *softDirty) Close() error { return nil }
 // Preconditions: p is stopped; the tracker runs no system call in it.
 func (t *softDirty) Collect(p Process, ranges []Range) (Dirty, error) {
 	if p.Pid() != t.pid {
-		panic(fmt.Sprintf("track: soft-dirty tracker of pid %d given pid %d", t.pid, p.Pid()))
+		return Dirty{}, fmt.Errorf("collect soft-dirty pid %d: given process %d", t.pid,
+			p.Pid())
 	}
 	var d Dirty
 	if t.armed != nil {

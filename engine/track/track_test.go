@@ -344,3 +344,40 @@ func vmaOf(vmas []procfs.VMA, addr uint64) int {
 	}
 	return -1
 }
+
+// TestUffdWPExec lets the target execve between Collects: the userfaultfd of the
+// old mm is dead, so the tracker takes a new one from the target, reports
+// everything untracked once, and tracks the new image from then on.
+func TestUffdWPExec(t *testing.T) {
+	runtime.LockOSThread()
+	requireTracker(t, KindUffdWP)
+	c := startToucher(t, 4)
+	tr, err := New(KindUffdWP, c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c.collect(t, tr)
+	c.collect(t, tr)
+
+	if _, err := c.in.Write([]byte("exec\n")); err != nil {
+		t.Fatal(err)
+	}
+	f := c.reply(t, "ready")
+	c.base = hexArg(t, f[0])
+	_, d := c.collect(t, tr)
+	if len(d.Tracked) != 0 {
+		// Bounds may repeat across an exec (no ASLR): a range of the new image
+		// with the bounds of an old one must still not be tracked.
+		t.Errorf("after execve %d ranges tracked, want none", len(d.Tracked))
+	}
+	c.write(t, []int{5})
+	ranges, d := c.collect(t, tr)
+	if rangeOf(d.Tracked, c.base) < 0 || !covered(ranges, d, c.base+5*pageSize) {
+		t.Errorf("new image not tracked after execve: tracked %x, refused %v", d.Tracked, d.Refused)
+	}
+	if after, _ := procfs.ReadFDs(c.pid); len(after) != 3 {
+		t.Errorf("target holds descriptors %v, want 0, 1, 2", after)
+	}
+	c.do(t, "check")
+}

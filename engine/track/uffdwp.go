@@ -73,7 +73,12 @@ func (t *uffdWP) Close() error {
 // Preconditions: p is stopped and seized, and Collect runs on the tracer thread.
 func (t *uffdWP) Collect(p Process, ranges []Range) (Dirty, error) {
 	if p.Pid() != t.pid {
-		panic(fmt.Sprintf("track: uffd-wp tracker of pid %d given pid %d", t.pid, p.Pid()))
+		return Dirty{}, fmt.Errorf("collect uffd-wp pid %d: given process %d", t.pid, p.Pid())
+	}
+	if t.fd >= 0 && !t.alive() {
+		// The target called execve: its new mm needs a new userfaultfd.
+		unix.Close(t.fd)
+		t.fd = -1
 	}
 	if t.fd < 0 {
 		if err := t.open(p); err != nil {
@@ -103,7 +108,7 @@ func (t *uffdWP) Collect(p Process, ranges []Range) (Dirty, error) {
 			}
 			// Not registered any more: the range was mapped anew.
 		}
-		if err := t.arm(p, r); err != nil {
+		if err := t.arm(r); err != nil {
 			if d.Refused == nil {
 				d.Refused = make(map[Range]error)
 			}
@@ -134,26 +139,21 @@ func (t *uffdWP) written(pm *os.File, r Range) ([]uint64, error) {
 	return pages, nil
 }
 
+// alive reports whether the userfaultfd's mm still exists. After an execve of
+// the target it does not, and UFFDIO_REGISTER fails with an ENOMEM that cannot
+// be told from a range not mapped; UFFDIO_WRITEPROTECT says ESRCH. The probe
+// removes protection (mode 0) from the last user page, which is almost never
+// mapped; if it were, and tracked, the page would only be reported once more.
+func (t *uffdWP) alive() bool {
+	const lastPage = 1<<47 - 2*pagemap.PageSize
+	err := uffd.WriteProtect(t.fd, lastPage, pagemap.PageSize, 0)
+	return !errors.Is(err, unix.ESRCH)
+}
+
 // arm registers r for write-protection and protects all of it. A registration
 // by this userfaultfd that is still in place (the range was armed before with
 // other bounds) is accepted again by the kernel.
-//
-// If the userfaultfd's mm is gone (ESRCH: the target called execve), the
-// tracker takes a new userfaultfd from the target and tries once more.
-func (t *uffdWP) arm(p Process, r Range) error {
-	err := t.protect(r)
-	if errors.Is(err, unix.ESRCH) {
-		unix.Close(t.fd)
-		t.fd, t.armed = -1, nil
-		if err := t.open(p); err != nil {
-			return err
-		}
-		err = t.protect(r)
-	}
-	return err
-}
-
-func (t *uffdWP) protect(r Range) error {
+func (t *uffdWP) arm(r Range) error {
 	if _, err := uffd.Register(t.fd, r.Start, r.End-r.Start,
 		uffd.UFFDIO_REGISTER_MODE_WP); err != nil {
 		return err

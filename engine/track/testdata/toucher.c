@@ -16,6 +16,7 @@
 //   brk N           grow the heap by N pages, touch them -> ok OLD NEW
 //   uffd ADDR N     register N pages at ADDR with a userfaultfd of its own
 //   check           verify every page of the region
+//   exec            execve itself anew (prints ready again)
 //   quit            exit
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +36,7 @@
 static uint8_t *base;
 static long npages;
 static uint32_t *gen;
+static char **args;
 
 static void stamp_value(long i, uint64_t *out) {
 	*out = gen[i] ? ((uint64_t)i << 32 | gen[i]) : 0;
@@ -162,6 +164,11 @@ static int cmd(char *line) {
 		}
 		return printf("ok\n");
 	}
+	if (!strcmp(line, "exec")) {
+		fflush(stdout);
+		execv("/proc/self/exe", args);
+		return printf("error execv: %s\n", strerror(errno));
+	}
 	if (!strcmp(line, "quit"))
 		exit(0);
 	return printf("error unknown command %s\n", line);
@@ -172,6 +179,7 @@ int main(int argc, char **argv) {
 		fprintf(stderr, "usage: toucher MIB\n");
 		return 2;
 	}
+	args = argv;
 	npages = atol(argv[1]) * 256;
 	base = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
