@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine"
+	"github.com/cryo-dev/cryo/engine/fds"
 	"github.com/cryo-dev/cryo/engine/track"
 	"github.com/cryo-dev/cryo/internal/procfs"
 	"github.com/cryo-dev/cryo/pagestore"
@@ -412,10 +413,16 @@ func (p *periodic) retire(old, taken []string) ([]string, int) {
 	return out, removed
 }
 
-// permanent says whether a checkpoint error will repeat at every try: the process
-// is in a state cryo cannot checkpoint, or the kernel lacks the tracker asked for.
+// permanent says whether a checkpoint error is taken to repeat at every try: the
+// process is in a state cryo cannot checkpoint (threads, a descriptor or mapping
+// of a kind it cannot rebuild), or the kernel lacks the tracker asked for.
+//
+// Shortcoming: such a state may pass (a socket closed, a thread ended), and the
+// checkpoints stay stopped anyway. Trying again at a growing interval would lift
+// this at the cost of a stop of the process per try.
 func permanent(err error) bool {
-	return errors.Is(err, engine.ErrUnsupported) || errors.Is(err, track.ErrNotSupported)
+	return errors.Is(err, engine.ErrUnsupported) || errors.Is(err, fds.ErrUnsupported) ||
+		errors.Is(err, track.ErrNotSupported)
 }
 
 // isGone says whether the process has exited (exited is closed, or it is gone from
