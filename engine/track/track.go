@@ -82,6 +82,8 @@ type NotSupportedError struct {
 	Err error // what the probe saw, if anything
 }
 
+// Error names the tracker and the missing feature: "uffd-wp tracker:
+// UFFD_FEATURE_WP_ASYNC needs Linux 6.7".
 func (e *NotSupportedError) Error() string {
 	var s string
 	if e.Version != "" {

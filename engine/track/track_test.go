@@ -381,3 +381,31 @@ func TestUffdWPExec(t *testing.T) {
 	}
 	c.do(t, "check")
 }
+
+// TestReset drops what was armed, as when a checkpoint is abandoned: the next
+// Collect tracks nothing, and the one after tracks again.
+func TestReset(t *testing.T) {
+	runtime.LockOSThread()
+	requireTracker(t, KindUffdWP)
+	c := startToucher(t, 4)
+	tr, err := New(KindUffdWP, c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c.collect(t, tr)
+	c.write(t, []int{1})
+	tr.Reset()
+	if _, d := c.collect(t, tr); len(d.Tracked) != 0 {
+		t.Errorf("Collect after Reset tracked %d ranges", len(d.Tracked))
+	}
+	c.write(t, []int{2})
+	_, d := c.collect(t, tr)
+	if _, ok := slices.BinarySearch(d.Pages, c.base+2*pageSize); !ok {
+		t.Error("page written after Reset not reported")
+	}
+	if _, ok := slices.BinarySearch(d.Pages, c.base+1*pageSize); ok {
+		t.Error("page written before Reset reported again")
+	}
+	c.do(t, "check")
+}
