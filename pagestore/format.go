@@ -468,5 +468,8 @@ func decodeManifest(b []byte) (*manifest, error) {
 	if m.Stats.Pages < 0 || m.Stats.ZeroPages < 0 {
 		return nil, formatErr("manifest: negative stats")
 	}
+	// Not stored: every entry was either added (zero, new or dedup) or carried.
+	m.Stats.CarriedPages = m.Stats.Pages - m.Stats.ZeroPages - m.Stats.NewPages -
+		m.Stats.DedupPages
 	return m, nil
 }

@@ -259,6 +259,9 @@ func TestIncrementalChain(t *testing.T) {
 				carried)
 		}
 		checkSnapshot(t, s, info.ID, want)
+		if m, err := s.readManifest(info.ID); err != nil || m.Stats != info.Stats {
+			t.Fatalf("stats read back %+v, committed %+v (%v)", m.Stats, info.Stats, err)
+		}
 		ids, models = append(ids, info.ID), append(models, want)
 	}
 
