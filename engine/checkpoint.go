@@ -383,11 +383,14 @@ func (s *Session) collect(im *image.Image) (*track.Dirty, string) {
 	return nil, s.fallback
 }
 
-// trackedRanges are the ranges a tracker watches: private anonymous memory.
+// trackedRanges are the ranges a tracker watches: private anonymous memory that
+// the process can write.
 func trackedRanges(vmas []image.VMA) []track.Range {
 	var out []track.Range
 	for _, v := range vmas {
-		if v.Kind == image.VMAAnon && !v.Shared && v.Pages {
+		// PROT_NONE reservations (managed runtimes reserve tens of GiB) cannot be
+		// written; arming them would cost page tables across all of it.
+		if v.Kind == image.VMAAnon && !v.Shared && v.Pages && v.Prot != unix.PROT_NONE {
 			out = append(out, track.Range{Start: v.Start, End: v.End})
 		}
 	}
