@@ -12,7 +12,8 @@
  *   - the first time WRITEFILE exists, it reads "SEED COUNT BURSTS GAP_MS"
  *     from it, picks COUNT distinct pages with a PRNG seeded by SEED, and
  *     writes generation 1 into them in BURSTS bursts GAP_MS apart, recording
- *     in its own memory what it did; then it prints "wrote W pages in T ms".
+ *     in its own memory what it did; it prints "writing COUNT pages" before
+ *     and "wrote W pages in T ms" after.
  *
  * The verification computes the set again from WRITEFILE (when it exists),
  * independently of what the process's memory recorded, and checks that the
@@ -195,6 +196,7 @@ int main(int argc, char **argv)
 			size_t *order = calloc(count, sizeof *order);
 			unsigned char *set = calloc(npages, 1);
 			pick(seed, count, set, order);
+			say("writing %llu pages\n", count);
 			done.applied = 1;
 			done.seed = seed;
 			done.count = count;
