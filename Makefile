@@ -1,7 +1,7 @@
 # cryo: build, test, demo and benchmark targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
-#   make test    install gcc and python3 if missing, then go vet and go test
+#   make test    install gcc, python3 and prometheus if missing, then go vet and go test
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
 #   make bench   the benchmark suite
 #
@@ -31,6 +31,13 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update && apt-get install -y $$missing; \
+	fi
+# prometheus and promtool, for tests/prom, without the exporters the package
+# recommends. Under systemd the package also starts its own service on :9090; the
+# test runs a server of its own on free loopback ports and does not use it.
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+		echo "installing: prometheus"; \
+		apt-get update && apt-get install -y --no-install-recommends prometheus; \
 	fi
 
 test: deps
