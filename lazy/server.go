@@ -718,19 +718,34 @@ func (s *Server) install(m *mm, ei, pi, n int, mode uint64) (int, error) {
 		}
 	}
 	installed, done := 0, 0
+	single := false // copy page by page: the run crosses a mapping boundary
 	for done < n {
 		dst := e.start + uint64(pi+done)*pageSize
-		c, err := uffd.Copy(m.fd, uintptr(dst), buf[done*pageSize:], mode)
+		chunk := buf[done*pageSize:]
+		if single {
+			chunk = chunk[:pageSize]
+		}
+		c, err := uffd.Copy(m.fd, uintptr(dst), chunk, mode)
 		cp := c / pageSize
 		e.clear(pi+done, cp)
 		m.sp.pending -= cp
 		installed += cp
 		done += cp
 		if err == nil {
-			break
+			if !single {
+				break
+			}
+			continue
 		}
 		switch {
 		case errors.Is(err, unix.EAGAIN) && cp > 0:
+			continue
+		case errors.Is(err, unix.ENOENT) && !single && n-done > 1:
+			// One UFFDIO_COPY must stay inside one mapping, and the process
+			// may have split the registered range since (mprotect of a part):
+			// try the pages one by one, so that only a page that truly lost
+			// its mapping is given up.
+			single = true
 			continue
 		case errors.Is(err, unix.EEXIST):
 			// Present already: nothing to do but wake a waiter, which the
@@ -742,10 +757,19 @@ func (s *Server) install(m *mm, ei, pi, n int, mode uint64) (int, error) {
 			done++
 			continue
 		}
-		return installed, classify(err)
+		return installed, &pageError{addr: dst, err: classify(err)}
 	}
 	return installed, nil
 }
+
+// pageError names the page a fill ioctl failed on.
+type pageError struct {
+	addr uint64
+	err  error
+}
+
+func (e *pageError) Error() string { return fmt.Sprintf("page %#x: %v", e.addr, e.err) }
+func (e *pageError) Unwrap() error { return e.err }
 
 // classify maps the errnos of a fill ioctl to the server's outcomes.
 func classify(err error) error {
@@ -800,13 +824,17 @@ func (s *Server) prefetchStep() error {
 	case errors.Is(err, errAgain):
 		return s.settle(m, 0)
 	case errors.Is(err, errNoEnt):
-		// Let the UNMAP event arrive; if the range is still known
+		// Let the UNMAP event arrive; if the page is still known
 		// afterwards it is not registered, and nothing can fault there.
+		failed := e.start + uint64(pi)*pageSize
+		var pe *pageError
+		if errors.As(err, &pe) {
+			failed = pe.addr
+		}
 		if err := s.settle(m, 0); err != nil {
 			return err
 		}
-		if ej, pj, ok := m.sp.lookup(e.start + uint64(pi)*pageSize); ok &&
-			m.sp.exts[ej].isPending(pj) {
+		if ej, pj, ok := m.sp.lookup(failed); ok && m.sp.exts[ej].isPending(pj) {
 			m.sp.pending -= m.sp.exts[ej].clear(pj, 1)
 			s.st.dropped.Add(1)
 		}

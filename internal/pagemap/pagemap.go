@@ -121,9 +121,12 @@ func Scan(fd int, start, end, flags, categoryMask, anyof, inverted, returnMask u
 			}
 			return append(out, got...), arg.WalkEnd, nil
 		}
-		// The walk stopped early: the buffer is full. Keep what came and go on
-		// from walk_end, where the first region that did not fit starts.
-		if n < len(vec) || arg.WalkEnd <= at {
+		// The walk stopped early: the kernel ends a walk when the rest of the
+		// vector may not hold the regions of its next chunk, so the vector need
+		// not be full. Keep what came and go on from walk_end, where the first
+		// region that did not fit starts; only a walk that made no progress is
+		// an error.
+		if arg.WalkEnd <= at {
 			return append(out, got...), arg.WalkEnd, fmt.Errorf(
 				"pagemap_scan %#x-%#x at %#x: walk stopped at %#x with %d of %d regions",
 				start, end, at, arg.WalkEnd, n, len(vec))
