@@ -1,9 +1,8 @@
-# cryo: build, test, demo and benchmark targets.
+# cryo: build, test and demo targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
 #   make test    install gcc, python3 and prometheus if missing, then go vet and go test
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
-#   make bench   the benchmark suite
 #
 # The end-to-end tests and the demo need root and a kernel with userfaultfd.
 
@@ -16,7 +15,7 @@ TEST_TIMEOUT ?= 20m
 CRYO_E2E_REQUIRE ?= 1
 export CRYO_E2E_REQUIRE
 
-.PHONY: all build deps test e2e demo bench clean
+.PHONY: all build deps test e2e demo clean
 
 all: build
 
@@ -50,8 +49,6 @@ e2e: deps
 demo: deps build
 	tests/demo.sh $(BIN)
 
-bench: build
-	$(GO) run ./bench
 
 clean:
 	rm -rf bin
