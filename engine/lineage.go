@@ -48,8 +48,9 @@ func recordLineage(store *pagestore.Store, pid int, start uint64, id string) err
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("record lineage of pid %d: %w", pid, err)
 	}
-	name := filepath.Join(dir, fmt.Sprintf("%d-%d", pid, start))
-	tmp := name + ".tmp"
+	base := fmt.Sprintf("%d-%d", pid, start)
+	name := filepath.Join(dir, base)
+	tmp := filepath.Join(dir, ".tmp-"+base)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("record lineage of pid %d: %w", pid, err)
@@ -64,9 +65,22 @@ func recordLineage(store *pagestore.Store, pid int, start uint64, id string) err
 	if err == nil {
 		err = os.Rename(tmp, name)
 	}
+	if err == nil {
+		err = syncDir(dir)
+	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("record lineage of pid %d: %w", pid, err)
 	}
 	return nil
+}
+
+// syncDir makes the entries of folder dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
