@@ -41,17 +41,7 @@ func (b *Borrowed) Pid() int { return b.pid }
 
 // Syscall runs system call nr with up to six arguments in the process.
 func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
-	if len(args) > 6 {
-		panic("remote: more than six syscall arguments")
-	}
-	var a [6]uint64
-	copy(a[:], args)
-
-	regs := b.saved
-	regs.Rip = b.insn
-	regs.Rax = uint64(nr)
-	regs.Orig_rax = ^uint64(0)
-	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	regs := callRegs(b.saved, b.insn, nr, args)
 	if err := ptrace.SetRegs(b.pid, &regs); err != nil {
 		return 0, fmt.Errorf("inject syscall %d into pid %d: set registers: %w", nr, b.pid, err)
 	}
@@ -72,10 +62,7 @@ func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("inject syscall %d into pid %d: get registers: %w", nr, b.pid, err)
 	}
-	if r := int64(out.Rax); r < 0 && r >= -4095 {
-		return 0, unix.Errno(-r)
-	}
-	return out.Rax, nil
+	return result(out.Rax)
 }
 
 // Release puts back the registers the process stopped with. A system call it was

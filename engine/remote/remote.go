@@ -58,17 +58,7 @@ func (t *Task) Scratch() (addr uint64, size int) {
 // Syscall runs system call nr with up to six arguments inside the tracee and
 // returns its result. A negative result in the errno range comes back as unix.Errno.
 func (t *Task) Syscall(nr uintptr, args ...uint64) (uint64, error) {
-	if len(args) > 6 {
-		panic("remote: more than six syscall arguments")
-	}
-	var a [6]uint64
-	copy(a[:], args)
-
-	regs := t.base
-	regs.Rip = t.tramp
-	regs.Rax = uint64(nr)
-	regs.Orig_rax = ^uint64(0)
-	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	regs := callRegs(t.base, t.tramp, nr, args)
 	if err := ptrace.SetRegs(t.pid, &regs); err != nil {
 		return 0, fmt.Errorf("inject syscall %d into pid %d: set registers: %w", nr, t.pid, err)
 	}
@@ -83,6 +73,31 @@ func (t *Task) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 		return 0, unix.Errno(-r)
 	}
 	return out.Rax, nil
+}
+
+// callRegs loads system call nr and its arguments into a copy of base, pointed at
+// the syscall instruction at rip. orig_rax is -1 so that the kernel restarts
+// nothing on the way back to user mode.
+func callRegs(base unix.PtraceRegs, rip uint64, nr uintptr, args []uint64) unix.PtraceRegs {
+	if len(args) > 6 {
+		panic("remote: more than six syscall arguments")
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	regs := base
+	regs.Rip = rip
+	regs.Rax = uint64(nr)
+	regs.Orig_rax = ^uint64(0)
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	return regs
+}
+
+// result turns rax after a system call into its value or errno.
+func result(rax uint64) (uint64, error) {
+	if r := int64(rax); r < 0 && r >= -4095 {
+		return 0, unix.Errno(-r)
+	}
+	return rax, nil
 }
 
 // runToTrap continues the tracee and waits until it stops at the trampoline's int3.
@@ -169,11 +184,7 @@ func ReadMem(pid int, addr uint64, b []byte) error {
 // munmap (PTRACE_SYSCALL), before it could return into the vanished page, loads final
 // and detaches. The tracee needs PTRACE_O_TRACESYSGOOD.
 func (t *Task) Finish(final *unix.PtraceRegs) error {
-	regs := t.base
-	regs.Rip = t.tramp
-	regs.Rax = unix.SYS_MUNMAP
-	regs.Orig_rax = ^uint64(0)
-	regs.Rdi, regs.Rsi = t.tramp, TrampolineSize
+	regs := callRegs(t.base, t.tramp, unix.SYS_MUNMAP, []uint64{t.tramp, TrampolineSize})
 	if err := ptrace.SetRegs(t.pid, &regs); err != nil {
 		return fmt.Errorf("finish pid %d: set registers: %w", t.pid, err)
 	}
