@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -32,6 +33,10 @@ type Options struct {
 	// CacheFrames is the number of decompressed frames kept for ReadPage. Zero
 	// means 64 (at most 4 MiB).
 	CacheFrames int
+	// NoCreate refuses to create a store where there is none (ErrNotFound):
+	// for commands that only read, where a mistyped path must not look like an
+	// empty store.
+	NoCreate bool
 }
 
 // Store is an open page store. Its methods are safe for concurrent use.
@@ -91,7 +96,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.CacheFrames = 64
 	}
 	start := time.Now()
-	if err := initDir(dir); err != nil {
+	if err := initDir(dir, !opts.NoCreate); err != nil {
 		return nil, fmt.Errorf("open page store %s: %w", dir, err)
 	}
 	lk, err := openLock(dir, filepath.Join(dir, lockFile))
@@ -116,22 +121,43 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 // initDir creates the store layout if dir is new, and checks the format version.
-func initDir(dir string) error {
+func initDir(dir string, create bool) error {
+	if !create {
+		if _, err := os.Stat(filepath.Join(dir, versionFile)); err != nil {
+			return fmt.Errorf("no page store here (%w): %w", err, ErrNotFound)
+		}
+	}
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return err
 	}
+	// The folder holds process memory: keep it private even if it was made
+	// by someone else.
+	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&^dirMode != 0 {
+		if err := os.Chmod(dir, dirMode); err != nil {
+			return fmt.Errorf("make the store private: %w", err)
+		}
+	}
+
+	// Two cryo processes may create the same store at once: the first to hold
+	// the folder's flock creates it, the other then finds it made.
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := flockRetry(int(d.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s to create the store: %w", dir, err)
+	}
+	defer unix.Flock(int(d.Fd()), unix.LOCK_UN)
+
 	b, err := readFileLimited(filepath.Join(dir, versionFile), 4096)
 	if errors.Is(err, fs.ErrNotExist) {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
+		if err := checkUnfinished(dir); err != nil {
 			return err
 		}
-		if len(ents) > 0 {
-			return fmt.Errorf("%s is not empty and has no %s file: not a page store", dir,
-				versionFile)
-		}
 		for _, sub := range []string{packsDir, snapsDir} {
-			if err := os.Mkdir(filepath.Join(dir, sub), dirMode); err != nil {
+			if err := os.Mkdir(filepath.Join(dir, sub), dirMode); err != nil &&
+				!errors.Is(err, fs.ErrExist) {
 				return err
 			}
 		}
@@ -155,6 +181,41 @@ func initDir(dir string) error {
 		return fmt.Errorf("store format version %d: %w", v, ErrVersion)
 	}
 	return nil
+}
+
+// checkUnfinished accepts a folder without VERSION only if it is empty or holds
+// what an interrupted creation leaves (the empty packs and snapshots folders,
+// the lock, temporary files): anything else is not a store, and is not touched.
+func checkUnfinished(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		switch {
+		case name == lockFile, strings.HasPrefix(name, ".tmp-"):
+			continue
+		case name == packsDir || name == snapsDir:
+			sub, err := os.ReadDir(filepath.Join(dir, name))
+			if err == nil && len(sub) == 0 {
+				continue
+			}
+		}
+		return fmt.Errorf("%s is not empty and has no %s file: not a page store", dir,
+			versionFile)
+	}
+	return nil
+}
+
+// flockRetry is flock(2), retried on EINTR.
+func flockRetry(fd, how int) error {
+	for {
+		err := unix.Flock(fd, how)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
 
 // Dir returns the directory of the store.

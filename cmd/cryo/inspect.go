@@ -19,7 +19,7 @@ func (a *app) lsCmd() *cobra.Command {
 		Short: "List the snapshots in the store, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := a.openStore()
+			st, err := a.openExisting()
 			if err != nil {
 				return err
 			}
@@ -66,7 +66,7 @@ func (a *app) inspectCmd() *cobra.Command {
 		Short: "Show a snapshot: ranges, file descriptors, pages and bytes stored",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := a.openStore()
+			st, err := a.openExisting()
 			if err != nil {
 				return err
 			}

@@ -92,16 +92,22 @@ func newRoot() *cobra.Command {
 		store = defaultStore
 	}
 	root.PersistentFlags().StringVar(&a.storeDir, "store", store,
-		"snapshot store folder (default $CRYO_STORE, else "+defaultStore+")")
+		"snapshot store folder; $CRYO_STORE, else "+defaultStore+", when not given")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn",
 		"log level: debug, info, warn or error")
 
 	root.AddCommand(a.checkpointCmd(), a.restoreCmd(), a.lsCmd(), a.inspectCmd(),
-		a.runCmd(), a.watchCmd())
+		a.runCmd(), a.watchCmd(), a.rmCmd(), a.gcCmd())
 	return root
 }
 
 // openStore opens the store the flags name.
 func (a *app) openStore() (*pagestore.Store, error) {
 	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log})
+}
+
+// openExisting opens the store the flags name for commands that only read it:
+// a path with no store there is an error, not a new empty store.
+func (a *app) openExisting() (*pagestore.Store, error) {
+	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, NoCreate: true})
 }

@@ -99,7 +99,7 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 		stdio[i] = file
 	}
 
-	st, err := a.openStore()
+	st, err := a.openExisting()
 	if err != nil {
 		return err
 	}
