@@ -118,8 +118,15 @@ func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Sessi
 		log = slog.New(slog.DiscardHandler)
 	}
 	st, err := procfs.ReadStat(pid)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, unix.ESRCH)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return nil, fmt.Errorf("checkpoint pid %d: the process has exited (a zombie): %w",
+			pid, unix.ESRCH)
 	}
 	s := &Session{store: store, pid: pid, opts: opts, log: log, start: st.StartTime}
 
@@ -311,7 +318,7 @@ func (s *Session) freezeAndCopy() (f frozen) {
 
 	f.stopped = time.Now()
 	if err := ptrace.Seize(pid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
-		return fail(fmt.Errorf("seize: %w", err))
+		return fail(fmt.Errorf("seize: %w%s", err, seizeHint(pid, err)))
 	}
 	attached = true
 	if err := ptrace.Interrupt(pid); err != nil {
@@ -456,7 +463,7 @@ func readImage(pid int) (*image.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read memory layout: %w", err)
 	}
-	if im.VMAs, err = imageVMAs(vmas); err != nil {
+	if im.VMAs, err = imageVMAs(pid, vmas); err != nil {
 		return nil, err
 	}
 	if im.MM, err = readMM(pid, im.VMAs); err != nil {
@@ -477,7 +484,7 @@ func readImage(pid int) (*image.Image, error) {
 
 // imageVMAs converts the smaps ranges into the image's, refusing those cryo cannot
 // rebuild.
-func imageVMAs(vmas []procfs.VMA) ([]image.VMA, error) {
+func imageVMAs(pid int, vmas []procfs.VMA) ([]image.VMA, error) {
 	out := make([]image.VMA, 0, len(vmas))
 	for _, m := range vmas {
 		v := image.VMA{Start: m.Start, End: m.End, Prot: m.Prot(), Shared: m.Shared(),
@@ -509,6 +516,13 @@ func imageVMAs(vmas []procfs.VMA) ([]image.VMA, error) {
 		case strings.HasPrefix(m.Path, "/"):
 			v.Kind = image.VMAFile
 			v.Pgoff, v.Dev, v.Ino = m.Pgoff, m.Dev, m.Ino
+			// Size and change time tell a file rewritten in place (same inode)
+			// from the one that was mapped.
+			var st unix.Stat_t
+			if err := unix.Stat(procfs.Path(pid, "map_files",
+				fmt.Sprintf("%x-%x", m.Start, m.End)), &st); err == nil && st.Ino == m.Ino {
+				v.Size, v.Ctime = st.Size, st.Ctim.Nano()
+			}
 			// A private mapping may hold copied-on-write pages of its own.
 			v.Pages = !m.Shared()
 		default:
@@ -589,4 +603,24 @@ func killTraced(pid int) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// seizeHint explains a failed PTRACE_SEIZE when /proc says why.
+func seizeHint(pid int, err error) string {
+	if !errors.Is(err, unix.EPERM) {
+		return ""
+	}
+	if os.Geteuid() != 0 {
+		return " (cryo needs root)"
+	}
+	tracer, terr := procfs.TracerPid(pid)
+	if terr != nil || tracer == 0 {
+		return ""
+	}
+	comm, _ := os.ReadFile(procfs.Path(tracer, "comm"))
+	hint := fmt.Sprintf(" (already traced by pid %d, %s", tracer, strings.TrimSpace(string(comm)))
+	if strings.HasPrefix(string(comm), "cryo") {
+		hint += ": a lazy restore still serving its pages; retry once they are all in"
+	}
+	return hint + ")"
 }

@@ -708,6 +708,11 @@ func openForMap(t *remote.Task, scratch uint64, v image.VMA) (int, error) {
 		return -1, fmt.Errorf("map %#x-%#x: file %s was replaced since the checkpoint "+
 			"(inode %d, was %d)", v.Start, v.End, v.Name, st.Ino, v.Ino)
 	}
+	if v.Ctime != 0 && (st.Size != v.Size || st.Ctim.Nano() != v.Ctime) {
+		return -1, fmt.Errorf("map %#x-%#x: file %s was modified since the checkpoint "+
+			"(size %d, was %d; changed %s)", v.Start, v.End, v.Name, st.Size, v.Size,
+			time.Unix(0, st.Ctim.Nano()).Format(time.RFC3339))
+	}
 	mode := uint64(unix.O_RDONLY)
 	if v.Shared && v.Prot&unix.PROT_WRITE != 0 {
 		mode = unix.O_RDWR

@@ -95,7 +95,7 @@ func TestImageVMAs(t *testing.T) {
 		{Start: 0x4000, End: 0x5000, Perms: "r--p", Path: "[vvar]",
 			VmFlags: procfs.VmFlags{"io", "pf"}},
 	}
-	out, err := imageVMAs(in)
+	out, err := imageVMAs(0, in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestImageVMAs(t *testing.T) {
 		"device memory": {Start: 0x1000, End: 0x2000, Perms: "rw-s", Path: "/dev/mem", Ino: 3,
 			VmFlags: procfs.VmFlags{"io"}},
 	} {
-		if _, err := imageVMAs([]procfs.VMA{v}); err == nil {
+		if _, err := imageVMAs(0, []procfs.VMA{v}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

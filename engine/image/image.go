@@ -88,6 +88,11 @@ type VMA struct {
 	Dev   uint64 `json:"dev,omitempty"`
 	Ino   uint64 `json:"ino,omitempty"`
 
+	// Size and Ctime (status change time, ns) of the file when checkpointed:
+	// a file rewritten in place keeps its inode but not these.
+	Size  int64 `json:"size,omitempty"`
+	Ctime int64 `json:"ctime,omitempty"`
+
 	// Pages records whether the range has pages in the page store: anonymous
 	// memory, and the copied-on-write pages of private file mappings.
 	Pages bool `json:"pages,omitempty"`

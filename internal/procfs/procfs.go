@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Root is the mount point of procfs.
@@ -65,4 +66,23 @@ func readNumbers(dir string) ([]int, error) {
 	}
 	slices.Sort(nums)
 	return nums, nil
+}
+
+// TracerPid returns the pid of the process tracing pid (the TracerPid line of
+// /proc/PID/status), or 0.
+func TracerPid(pid int) (int, error) {
+	b, err := os.ReadFile(Path(pid, "status"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(rest))
+			if err != nil {
+				return 0, fmt.Errorf("parse %s: TracerPid %q: %w", Path(pid, "status"), rest, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("parse %s: no TracerPid line", Path(pid, "status"))
 }
