@@ -316,6 +316,14 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		}
 	}()
 
+	// A process in a job-control stop (state T) is restored stopped. Once traced,
+	// every stop shows as t, so look now.
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return fail(fmt.Errorf("read stat: %w", err))
+	}
+	jobStopped := st.State == 'T'
+
 	f.stopped = time.Now()
 	if err := ptrace.Seize(pid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
 		return fail(fmt.Errorf("seize: %w%s", err, seizeHint(pid, err)))
@@ -337,6 +345,7 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	if err != nil {
 		return fail(err)
 	}
+	im.Stopped = jobStopped
 	tImage := time.Now()
 
 	dirty, fallback := s.collect(im)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine/remote"
+	"github.com/cryo-dev/cryo/internal/procfs"
 	"github.com/cryo-dev/cryo/internal/ptrace"
 )
 
@@ -88,7 +89,14 @@ func cloneWithPid(host *remote.Task, pid int) (int, error) {
 
 	child, err := host.Syscall(unix.SYS_CLONE3, scratch, 88)
 	if errors.Is(err, unix.EEXIST) {
-		return 0, fmt.Errorf("restore as pid %d: %w by another process", pid, ErrPidInUse)
+		holder := "another process"
+		if st, serr := procfs.ReadStat(pid); serr == nil && st.State == 'Z' {
+			holder = fmt.Sprintf("a zombie (%s, exited but not yet reaped by its parent, "+
+				"pid %d)", st.Comm, st.Ppid)
+		} else if serr == nil {
+			holder = fmt.Sprintf("another process (%s)", st.Comm)
+		}
+		return 0, fmt.Errorf("restore as pid %d: %w by %s", pid, ErrPidInUse, holder)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("clone pid %d: %w", pid, err)

@@ -486,6 +486,13 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		return nil, err
 	}
 
+	// A process checkpointed in a job-control stop comes back stopped.
+	if im.Stopped {
+		if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+			return nil, fmt.Errorf("stop restored pid %d as it was: %w", pid, err)
+		}
+	}
+
 	// 7. A lazily restored process must die with cryo until its pages are in: seize
 	// it again, this time to guard it. In the instant between detach and seize it
 	// runs unguarded.

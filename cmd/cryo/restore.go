@@ -11,11 +11,13 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine"
+	"github.com/cryo-dev/cryo/lazy"
 )
 
 // restoreFlags are the options of cryo restore.
@@ -147,12 +149,26 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 		}
 	}()
 	ps, err := r.Wait()
-	cancel()
-	if serr := <-served; serr != nil && !errors.Is(serr, context.Canceled) {
-		a.log.Warn("page server stopped with an error", "pid", r.Pid, "err", serr)
+
+	// The server notices the exit by itself; only a stuck one is stopped.
+	var serr error
+	select {
+	case serr = <-served:
+	case <-time.After(2 * time.Second):
+		cancel()
+		serr = <-served
 	}
 	if err != nil {
 		return fmt.Errorf("restore: wait for pid %d: %w", r.Pid, err)
+	}
+	if errors.Is(serr, lazy.ErrSource) {
+		// The process was killed because its memory could not be read back:
+		// that is cryo's failure, not the program's exit.
+		return fmt.Errorf("restore snapshot %s: pid %d was killed rather than run with "+
+			"missing memory: %w", r.Snapshot, r.Pid, serr)
+	}
+	if serr != nil && !errors.Is(serr, context.Canceled) && !errors.Is(serr, lazy.ErrKilled) {
+		a.log.Warn("page server stopped with an error", "pid", r.Pid, "err", serr)
 	}
 	return exitError{code: exitCode(ps)}
 }

@@ -27,6 +27,10 @@ type Image struct {
 	// and the xsave layout must match on restore.
 	Kernel string `json:"kernel"`
 
+	// Stopped records a process stopped by job control (SIGSTOP, SIGTSTP, ...)
+	// when checkpointed: it is restored stopped.
+	Stopped bool `json:"stopped,omitempty"`
+
 	MM      MM       `json:"mm"`
 	VMAs    []VMA    `json:"vmas"`
 	Threads []Thread `json:"threads"`
