@@ -346,6 +346,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 	im.Stopped = jobStopped
+	if im.Sigactions, err = readSigactions(pid); err != nil {
+		return fail(err)
+	}
 	tImage := time.Now()
 
 	dirty, fallback := s.collect(im)

@@ -476,8 +476,12 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		close(r.pagesDone)
 	}()
 
-	// 6. The thread: rseq, signal mask, FPU state, registers; then it runs.
+	// 6. Signal handlers, then the thread: rseq, signal mask, FPU state, registers;
+	// then it runs.
 	th := im.Threads[0]
+	if err := restoreSigactions(task, im.Sigactions); err != nil {
+		return nil, err
+	}
 	if err := restoreThread(task, th); err != nil {
 		return nil, err
 	}

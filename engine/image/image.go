@@ -31,7 +31,12 @@ type Image struct {
 	// when checkpointed: it is restored stopped.
 	Stopped bool `json:"stopped,omitempty"`
 
-	MM      MM       `json:"mm"`
+	MM MM `json:"mm"`
+
+	// Sigactions are the handlers of the signals whose disposition is not the
+	// default.
+	Sigactions []Sigaction `json:"sigactions,omitempty"`
+
 	VMAs    []VMA    `json:"vmas"`
 	Threads []Thread `json:"threads"`
 	FDs     []FD     `json:"fds"`
@@ -129,6 +134,15 @@ type Regs struct {
 	R9, R8, Rax, Rcx, Rdx, Rsi, Rdi, Orig_rax  uint64
 	Rip, Cs, Eflags, Rsp, Ss, Fs_base, Gs_base uint64
 	Ds, Es, Fs, Gs                             uint64
+}
+
+// Sigaction is one signal's disposition as rt_sigaction(2) reports it on x86-64.
+type Sigaction struct {
+	Sig      int    `json:"sig"`
+	Handler  uint64 `json:"handler"` // an address, or SIG_IGN (1)
+	Flags    uint64 `json:"flags"`
+	Restorer uint64 `json:"restorer"`
+	Mask     uint64 `json:"mask"`
 }
 
 // Rseq is what PTRACE_GET_RSEQ_CONFIGURATION reports (kernel 5.13+).

@@ -39,6 +39,9 @@ func Borrow(pid int) (*Borrowed, error) {
 // Pid is the process id.
 func (b *Borrowed) Pid() int { return b.pid }
 
+// Saved returns the registers the process stopped with.
+func (b *Borrowed) Saved() unix.PtraceRegs { return b.saved }
+
 // Syscall runs system call nr with up to six arguments in the process.
 func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 	regs := callRegs(b.saved, b.insn, nr, args)
