@@ -104,6 +104,11 @@ type Session struct {
 	tracker  track.Tracker
 	fallback string // why the tracker in use is not the one asked for, if it is not
 
+	// flags remembers the smaps VmFlags of the ranges seen so far: smaps walks the
+	// page tables of every range (tens of ms for a GiB) while maps does not, so
+	// later checkpoints read maps and smaps only when a range is new.
+	flags map[layoutKey]procfs.VmFlags
+
 	// parent is the snapshot the next one is incremental on; armed says the
 	// tracker was armed at exactly that snapshot.
 	parent string
@@ -341,7 +346,7 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 
-	im, err := readImage(pid)
+	im, err := s.readImage()
 	if err != nil {
 		return fail(err)
 	}
@@ -352,6 +357,7 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	tImage := time.Now()
 
 	dirty, fallback := s.collect(im)
+	tTrack := time.Now()
 	plan, err := s.planCopy(im, dirty, fallback)
 	if err != nil {
 		return fail(err)
@@ -363,7 +369,8 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 	s.log.Debug("frozen phases", "pid", pid, "stop_and_image", tImage.Sub(f.stopped),
-		"track_and_plan", tPlan.Sub(tImage), "copy", time.Since(tPlan), "bytes", len(held))
+		"track", tTrack.Sub(tImage), "plan", tPlan.Sub(tTrack), "copy", time.Since(tPlan),
+		"bytes", len(held))
 
 	var pages int64
 	for _, r := range plan.copy {
@@ -456,7 +463,8 @@ func waitInterrupted(pid int) error {
 }
 
 // readImage records everything but the page contents of the stopped process.
-func readImage(pid int) (*image.Image, error) {
+func (s *Session) readImage() (*image.Image, error) {
+	pid := s.pid
 	im := &image.Image{Version: image.Version, Pid: pid, Kernel: kernelRelease()}
 
 	comm, err := os.ReadFile(procfs.Path(pid, "comm"))
@@ -471,7 +479,7 @@ func readImage(pid int) (*image.Image, error) {
 		return nil, fmt.Errorf("executable %s: a deleted executable: %w", im.Exe, ErrUnsupported)
 	}
 
-	vmas, err := procfs.ReadSmaps(pid)
+	vmas, err := s.readLayout()
 	if err != nil {
 		return nil, fmt.Errorf("read memory layout: %w", err)
 	}
@@ -635,4 +643,45 @@ func seizeHint(pid int, err error) string {
 		hint += ": a lazy restore still serving its pages; retry once they are all in"
 	}
 	return hint + ")"
+}
+
+// layoutKey identifies a range across checkpoints, for Session.flags.
+type layoutKey struct {
+	start, end, ino uint64
+	perms, path     string
+}
+
+// readLayout reads the process's ranges with their smaps VmFlags, from maps and
+// the flags of the previous checkpoint when every range is known, else from smaps.
+func (s *Session) readLayout() ([]procfs.VMA, error) {
+	key := func(v procfs.VMA) layoutKey {
+		return layoutKey{v.Start, v.End, v.Ino, v.Perms, v.Path}
+	}
+	if s.flags != nil {
+		vmas, err := procfs.ReadMaps(s.pid)
+		if err != nil {
+			return nil, err
+		}
+		known := true
+		for i := range vmas {
+			f, ok := s.flags[key(vmas[i])]
+			if !ok {
+				known = false
+				break
+			}
+			vmas[i].VmFlags = f
+		}
+		if known {
+			return vmas, nil
+		}
+	}
+	vmas, err := procfs.ReadSmaps(s.pid)
+	if err != nil {
+		return nil, err
+	}
+	s.flags = make(map[layoutKey]procfs.VmFlags, len(vmas))
+	for _, v := range vmas {
+		s.flags[key(v)] = v.VmFlags
+	}
+	return vmas, nil
 }

@@ -1,9 +1,12 @@
 package engine
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -11,6 +14,7 @@ import (
 
 	"github.com/cryo-dev/cryo/engine/image"
 	"github.com/cryo-dev/cryo/engine/track"
+	"github.com/cryo-dev/cryo/internal/pagemap"
 	"github.com/cryo-dev/cryo/internal/procfs"
 	"github.com/cryo-dev/cryo/pagestore"
 )
@@ -54,15 +58,14 @@ func (s *Session) planCopy(im *image.Image, dirty *track.Dirty, fallback string)
 
 	plan := &copyPlan{parent: s.parent, fallback: fallback}
 	tracked := map[track.Range]bool{}
-	var written map[uint64]bool
+	var written []uint64
 	if dirty != nil && fallback == "" && s.parent != "" {
 		for _, r := range dirty.Tracked {
 			tracked[r] = true
 		}
-		written = make(map[uint64]bool, len(dirty.Pages))
-		for _, a := range dirty.Pages {
-			written[a] = true
-		}
+		written = slices.Clone(dirty.Pages)
+		slices.Sort(written)
+		written = slices.Compact(written)
 	}
 
 	pm, err := os.Open(procfs.Path(s.pid, "pagemap"))
@@ -70,65 +73,198 @@ func (s *Session) planCopy(im *image.Image, dirty *track.Dirty, fallback string)
 		return nil, fmt.Errorf("open pagemap: %w", err)
 	}
 	defer pm.Close()
+	scan := pagemap.Supported() == nil
 
-	first := 0 // runs before this index belong to earlier ranges and never grow
-	add := func(addr uint64) {
-		runs := plan.copy
-		if n := len(runs); n > first && runs[n-1].addr+runs[n-1].pages*pageSize == addr {
-			runs[n-1].pages++
-			return
-		}
-		plan.copy = append(runs, pageRun{addr: addr, pages: 1})
-	}
-	carry := func(addr uint64) {
-		runs := plan.carry
-		if n := len(runs); n > 0 && runs[n-1].End == addr {
-			runs[n-1].End += pageSize
-			return
-		}
-		plan.carry = append(runs, pagestore.Run{Start: addr, End: addr + pageSize})
-	}
-
-	buf := make([]byte, 8*pagemapChunk)
-	zero := zeroPFN()
+	b := planBuilder{plan: plan, written: written}
 	for _, v := range im.VMAs {
 		if !v.Pages {
 			continue
 		}
-		first = len(plan.copy)
+		b.first = len(plan.copy)
 		if v.Kind == image.VMAAnon && v.Shared {
 			plan.copy = append(plan.copy, pageRun{addr: v.Start, pages: v.Len() / pageSize})
 			continue
 		}
-		fileBacked := v.Kind == image.VMAFile
-		isTracked := tracked[track.Range{Start: v.Start, End: v.End}]
-		for addr := v.Start; addr < v.End; {
-			n := min((v.End-addr)/pageSize, pagemapChunk)
-			b := buf[:n*8]
-			if _, err := pm.ReadAt(b, int64(addr/pageSize*8)); err != nil {
-				return nil, fmt.Errorf("read pagemap at %#x: %w", addr, err)
-			}
-			for i := uint64(0); i < n; i++ {
-				e := binary.LittleEndian.Uint64(b[i*8:])
-				page := addr + i*pageSize
-				switch {
-				case e&pmSwapped == 0 && e&pmPresent == 0:
-					continue // never touched, or discarded: reads as zero
-				case e&pmSwapped == 0 && fileBacked && e&pmFile != 0:
-					continue // a clean page of the file itself
-				case e&pmSwapped == 0 && zero != 0 && e&pmPFNMask == zero:
-					continue // read, never written: the shared zero page
-				}
-				if isTracked && !written[page] {
-					carry(page)
-				} else {
-					add(page)
-				}
-			}
-			addr += n * pageSize
+		b.tracked = tracked[track.Range{Start: v.Start, End: v.End}]
+		if scan {
+			err = b.scanRange(pm, v)
+		} else {
+			err = b.readRange(pm, v)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 	return plan, nil
+}
+
+// planBuilder sorts the pages that hold data into those copied now and those
+// carried from the parent.
+type planBuilder struct {
+	plan    *copyPlan
+	written []uint64 // pages the tracker reports written, ascending
+	tracked bool     // the current range is tracked
+	first   int      // runs before this index belong to earlier ranges
+	buf     []byte
+}
+
+// keep records that the pages [start, end) hold data: in a tracked range the
+// written ones are copied and the others carried, elsewhere all are copied.
+func (b *planBuilder) keep(start, end uint64) {
+	if !b.tracked {
+		b.add(start, end)
+		return
+	}
+	w := b.written
+	i := sort.Search(len(w), func(i int) bool { return w[i] >= start })
+	at := start
+	for ; i < len(w) && w[i] < end; i++ {
+		b.carry(at, w[i])
+		b.add(w[i], w[i]+pageSize)
+		at = w[i] + pageSize
+	}
+	b.carry(at, end)
+}
+
+// add appends the pages [start, end) to the copy, joining the previous run of the
+// same range when they follow it.
+func (b *planBuilder) add(start, end uint64) {
+	if start >= end {
+		return
+	}
+	runs := b.plan.copy
+	pages := (end - start) / pageSize
+	if n := len(runs); n > b.first && runs[n-1].addr+runs[n-1].pages*pageSize == start {
+		runs[n-1].pages += pages
+		return
+	}
+	b.plan.copy = append(runs, pageRun{addr: start, pages: pages})
+}
+
+// carry appends the pages [start, end) to the runs carried from the parent.
+func (b *planBuilder) carry(start, end uint64) {
+	if start >= end {
+		return
+	}
+	runs := b.plan.carry
+	if n := len(runs); n > 0 && runs[n-1].End == start {
+		runs[n-1].End = end
+		return
+	}
+	b.plan.carry = append(runs, pagestore.Run{Start: start, End: end})
+}
+
+// scanRange finds the pages of v that hold data with the PAGEMAP_SCAN ioctl
+// (Linux 6.7+), which reports runs of alike pages instead of one entry a page.
+// The questions are chosen for speed (measured over 1 GiB all present): pages
+// neither present nor swapped take about 1.3 ms to find, pages mapping the zero
+// page 5 ms, present pages 14 ms, and every category at once about 38 ms.
+func (b *planBuilder) scanRange(pm *os.File, v image.VMA) error {
+	fd := int(pm.Fd())
+	scan := func(mask, anyof, inverted, ret uint64) ([]pagemap.Region, error) {
+		r, _, err := pagemap.Scan(fd, v.Start, v.End, 0, mask, anyof, inverted, ret,
+			make([]pagemap.Region, 256))
+		if err != nil {
+			return nil, fmt.Errorf("scan pagemap of %#x-%#x: %w", v.Start, v.End, err)
+		}
+		return r, nil
+	}
+	const (
+		present = pagemap.PAGE_IS_PRESENT
+		swapped = pagemap.PAGE_IS_SWAPPED
+		file    = pagemap.PAGE_IS_FILE
+		zero    = pagemap.PAGE_IS_PFNZERO
+	)
+
+	if v.Kind == image.VMAFile {
+		// Private file mappings are small: one pass with every category.
+		regions, err := scan(0, present|swapped, 0, present|swapped|file|zero)
+		if err != nil {
+			return err
+		}
+		for _, r := range regions {
+			c := r.Categories
+			if c&swapped == 0 && c&(file|zero) != 0 {
+				continue // clean pages of the file, or the zero page
+			}
+			b.keep(r.Start, r.End)
+		}
+		return nil
+	}
+
+	// Anonymous memory: the shared zero page holds no data.
+	zeros, err := scan(zero, 0, 0, zero)
+	if err != nil {
+		return err
+	}
+	if b.tracked {
+		// Everything holds data but the pages discarded or never touched, and
+		// those mapping the zero page.
+		holes, err := scan(present|swapped, 0, present|swapped, present)
+		if err != nil {
+			return err
+		}
+		gone := append(holes, zeros...)
+		slices.SortFunc(gone, func(a, b pagemap.Region) int { return cmp.Compare(a.Start, b.Start) })
+		b.keepExcept(v.Start, v.End, gone)
+		return nil
+	}
+	regions, err := scan(0, present|swapped, 0, present|swapped)
+	if err != nil {
+		return err
+	}
+	for _, r := range regions {
+		b.keepExcept(r.Start, r.End, zeros)
+	}
+	return nil
+}
+
+// keepExcept keeps the pages of [start, end) outside the ascending regions ex.
+func (b *planBuilder) keepExcept(start, end uint64, ex []pagemap.Region) {
+	at := start
+	for _, r := range ex {
+		if r.End <= at {
+			continue
+		}
+		if r.Start >= end {
+			break
+		}
+		b.keep(at, min(r.Start, end))
+		at = max(at, r.End)
+	}
+	b.keep(at, end)
+}
+
+// readRange finds the pages of v that hold data from its pagemap entries, for
+// kernels without PAGEMAP_SCAN.
+func (b *planBuilder) readRange(pm *os.File, v image.VMA) error {
+	if b.buf == nil {
+		b.buf = make([]byte, 8*pagemapChunk)
+	}
+	zero := zeroPFN()
+	fileBacked := v.Kind == image.VMAFile
+	for addr := v.Start; addr < v.End; {
+		n := min((v.End-addr)/pageSize, pagemapChunk)
+		buf := b.buf[:n*8]
+		if _, err := pm.ReadAt(buf, int64(addr/pageSize*8)); err != nil {
+			return fmt.Errorf("read pagemap at %#x: %w", addr, err)
+		}
+		for i := uint64(0); i < n; i++ {
+			e := binary.LittleEndian.Uint64(buf[i*8:])
+			page := addr + i*pageSize
+			switch {
+			case e&pmSwapped == 0 && e&pmPresent == 0:
+				continue // never touched, or discarded: reads as zero
+			case e&pmSwapped == 0 && fileBacked && e&pmFile != 0:
+				continue // a clean page of the file itself
+			case e&pmSwapped == 0 && zero != 0 && e&pmPFNMask == zero:
+				continue // read, never written: the shared zero page
+			}
+			b.keep(page, page+pageSize)
+		}
+		addr += n * pageSize
+	}
+	return nil
 }
 
 // iovMax is IOV_MAX: the most iovecs process_vm_readv takes in one call.
