@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,8 +24,10 @@ import (
 // The holder of the exclusive lock writes its pid into the file, so that a
 // refused caller can name it even where /proc/locks is not readable.
 type storeLock struct {
-	dir string
-	f   *os.File
+	dir  string
+	f    *os.File
+	wait time.Duration // how long lock waits for another process's lock
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	shared int  // in-process shared holders
@@ -37,7 +42,8 @@ func openLock(dir, path string) (*storeLock, error) {
 	return &storeLock{dir: dir, f: f}, nil
 }
 
-// lock takes the lock shared or exclusive without waiting. It reports whether this
+// lock takes the lock shared or exclusive, waiting up to Options.LockWait for
+// another process to let go of it. It reports whether this
 // call took the kernel lock (and so the caller should refresh its view of the
 // store).
 func (l *storeLock) lock(exclusive bool) (first bool, err error) {
@@ -61,11 +67,25 @@ func (l *storeLock) lock(exclusive bool) (first bool, err error) {
 	if exclusive {
 		how = unix.LOCK_EX
 	}
-	if err := flock(l.f, how|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
+	deadline := time.Now().Add(l.wait)
+	pause := 5 * time.Millisecond
+	for {
+		err := flock(l.f, how|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return false, fmt.Errorf("lock store: %w", err)
+		}
+		if !time.Now().Before(deadline) {
 			return false, l.holders()
 		}
-		return false, fmt.Errorf("lock store: %w", err)
+		// Another cryo holds the store: its checkpoint or reads end soon.
+		if pause == 5*time.Millisecond && l.log != nil {
+			l.log.Info("waiting for the store lock", "store", l.dir, "held", l.holders())
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 200*time.Millisecond)
 	}
 	if exclusive {
 		l.excl = true
@@ -120,6 +140,7 @@ func (l *storeLock) holders() error {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(l.f.Fd()), &st); err == nil {
 		e.PIDs, e.Exclusive = procLocks(st.Ino)
+		e.PIDs = slices.DeleteFunc(e.PIDs, func(p int) bool { return p == os.Getpid() })
 	}
 	if len(e.PIDs) == 0 {
 		buf := make([]byte, 32)

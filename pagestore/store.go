@@ -33,6 +33,10 @@ type Options struct {
 	// CacheFrames is the number of decompressed frames kept for ReadPage. Zero
 	// means 64 (at most 4 MiB).
 	CacheFrames int
+	// LockWait is how long an operation waits for another process that holds
+	// the store (a checkpoint being written, a restore reading) before it fails
+	// with a LockedError naming that process. Zero fails at once.
+	LockWait time.Duration
 	// NoCreate refuses to create a store where there is none (ErrNotFound):
 	// for commands that only read, where a mistyped path must not look like an
 	// empty store.
@@ -103,6 +107,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open page store %s: %w", dir, err)
 	}
+	lk.wait, lk.log = opts.LockWait, opts.Logger
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(opts.Workers),
 		zstd.WithDecoderMaxMemory(1<<20))
 	if err != nil {

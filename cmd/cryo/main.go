@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -103,11 +104,15 @@ func newRoot() *cobra.Command {
 
 // openStore opens the store the flags name.
 func (a *app) openStore() (*pagestore.Store, error) {
-	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log})
+	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, LockWait: lockWait})
 }
+
+// lockWait is how long a command waits for another cryo holding the store.
+const lockWait = time.Minute
 
 // openExisting opens the store the flags name for commands that only read it:
 // a path with no store there is an error, not a new empty store.
 func (a *app) openExisting() (*pagestore.Store, error) {
-	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, NoCreate: true})
+	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, NoCreate: true,
+		LockWait: lockWait})
 }

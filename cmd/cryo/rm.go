@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 )
@@ -21,11 +22,18 @@ func (a *app) rmCmd() *cobra.Command {
 				return err
 			}
 			defer st.Close()
+			// Every name must resolve before anything is removed.
+			var ids []string
 			for _, ref := range args {
 				id, err := st.Resolve(ref)
 				if err != nil {
-					return fmt.Errorf("rm: %w", err)
+					return fmt.Errorf("rm: nothing removed: %w", err)
 				}
+				if !slices.Contains(ids, id) {
+					ids = append(ids, id)
+				}
+			}
+			for _, id := range ids {
 				if err := st.Remove(id); err != nil {
 					return fmt.Errorf("rm: %w", err)
 				}
