@@ -24,7 +24,7 @@ const (
 	PTRACE_EVENT_STOP             = 0x80
 	NT_PRSTATUS                   = 1
 	NT_X86_XSTATE                 = 0x202
-	rseqConfigurationSize         = 32
+	rseqConfigurationSize         = 24 // sizeof(struct ptrace_rseq_configuration)
 	xstateMaxSize                 = 16384
 	sigsetSize                    = 8
 	PTRACE_O_TRACESYSGOOD         = 0x1
