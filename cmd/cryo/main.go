@@ -98,7 +98,7 @@ func newRoot() *cobra.Command {
 		"log level: debug, info, warn or error")
 
 	root.AddCommand(a.checkpointCmd(), a.restoreCmd(), a.lsCmd(), a.inspectCmd(),
-		a.runCmd(), a.watchCmd(), a.rmCmd(), a.gcCmd())
+		a.runCmd(), a.watchCmd(), a.rmCmd(), a.gcCmd(), a.verifyCmd())
 	return root
 }
 
