@@ -55,6 +55,7 @@ type statsJSON struct {
 	ZeroPages    int64 `json:"zero_pages"`
 	NewPages     int64 `json:"new_pages"`
 	DedupPages   int64 `json:"dedup_pages"`
+	CarriedPages int64 `json:"carried_pages"`
 	LogicalBytes int64 `json:"logical_bytes"`
 	StoredBytes  int64 `json:"stored_bytes"`
 }
@@ -84,6 +85,7 @@ func (a *app) inspectCmd() *cobra.Command {
 			out := inspectJSON{ID: info.ID, Parent: info.Parent, Created: info.Created,
 				Labels: info.Labels, Image: im, Stats: statsJSON{Pages: s.Pages,
 					ZeroPages: s.ZeroPages, NewPages: s.NewPages, DedupPages: s.DedupPages,
+					CarriedPages: s.CarriedPages,
 					LogicalBytes: s.LogicalBytes, StoredBytes: s.StoredBytes}}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
@@ -114,8 +116,9 @@ func printInspect(o inspectJSON) {
 	fmt.Printf("process   pid %d, %s (%s), %d thread(s), kernel %s\n", im.Pid, im.Comm, im.Exe,
 		len(im.Threads), im.Kernel)
 	s := o.Stats
-	fmt.Printf("pages     %d (%s): %d zero (stored as nothing), %d new, %d deduplicated\n",
-		s.Pages, bytesString(s.LogicalBytes), s.ZeroPages, s.NewPages, s.DedupPages)
+	fmt.Printf("pages     %d (%s): %d zero (stored as nothing), %d new, %d deduplicated, "+
+		"%d carried from the parent\n", s.Pages, bytesString(s.LogicalBytes), s.ZeroPages,
+		s.NewPages, s.DedupPages, s.CarriedPages)
 	fmt.Printf("stored    %s compressed for this snapshot\n", bytesString(s.StoredBytes))
 
 	fmt.Printf("\nranges (%d):\n", len(im.VMAs))
