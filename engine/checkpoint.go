@@ -240,11 +240,12 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 		finishKill(false)
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	total := time.Since(start) // durable; with kill, the reaping that follows is not counted
 	finishKill(true)
 	s.parent = info.ID
 	s.armed = true
 
-	res := &Result{Snapshot: info, Frozen: f.stop, Total: time.Since(start),
+	res := &Result{Snapshot: info, Frozen: f.stop, Total: total,
 		Tracker: s.tracker.Name(), Fallback: s.fallback, DirtyPages: f.dirty}
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.observeCheckpoint(res)
