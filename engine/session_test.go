@@ -22,7 +22,8 @@ func TestSessionIncrementalMatchesFull(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "writer")
-	if out, err := exec.Command("gcc", "-O2", "-o", bin, "testdata/writer.c").CombinedOutput(); err != nil {
+	gcc := exec.Command("gcc", "-O2", "-o", bin, "testdata/writer.c")
+	if out, err := gcc.CombinedOutput(); err != nil {
 		t.Fatalf("build writer: %v\n%s", err, out)
 	}
 	cmd := exec.Command(bin, "32")

@@ -228,7 +228,9 @@ func manifestFile(t *testing.T, store, id string) string {
 			strings.Join(all, "\n  "))
 	}
 	// With several (a folder per snapshot), take the largest.
-	sort.Slice(found, func(i, j int) bool { return fileSize(store, found[i]) > fileSize(store, found[j]) })
+	sort.Slice(found, func(i, j int) bool {
+		return fileSize(store, found[i]) > fileSize(store, found[j])
+	})
 	return filepath.Join(store, found[0])
 }
 
