@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -66,8 +67,11 @@ func TestStoreConcurrency(t *testing.T) {
 	total := 1
 	for i, r := range runs {
 		total += len(r.ids)
-		t.Logf("run %d (rewriter pid %d): %d snapshots in %v, %.2f a second", i, r.pid,
-			len(r.ids), r.ran.Round(time.Millisecond), float64(len(r.ids))/r.ran.Seconds())
+		t.Logf("run %d (rewriter pid %d): %d snapshots in %v, %.2f a second; waited for "+
+			"the store lock %d times, %d checkpoint failures logged", i, r.pid, len(r.ids),
+			r.ran.Round(time.Millisecond), float64(len(r.ids))/r.ran.Seconds(),
+			strings.Count(r.log(), "waiting for the store lock"),
+			strings.Count(r.log(), "level=ERROR")+strings.Count(r.log(), "level=WARN"))
 		if len(r.ids) < concurrentMinSnaps {
 			t.Errorf("run %d produced %d snapshots in %v, want at least %d; its log:\n%s", i,
 				len(r.ids), r.ran, concurrentMinSnaps, lastLines(r.log(), 30))
