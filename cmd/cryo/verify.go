@@ -62,11 +62,24 @@ func printVerify(w io.Writer, r *pagestore.VerifyReport, leftovers []string) int
 			used[p.Pack] = true
 		}
 	}
+	// Damage no snapshot meets is folded to one line per pack: a truncated pack
+	// has a problem for every frame past the cut.
+	unused := map[string]int{}
+	var unusedOrder []string
 	for _, p := range r.Problems {
 		if p.Snapshot != "" || used[p.Pack] {
 			fmt.Fprintf(w, "DAMAGED %s\n", p)
-		} else {
+			continue
+		}
+		if unused[p.Pack] == 0 {
+			unusedOrder = append(unusedOrder, p.Pack)
 			fmt.Fprintf(w, "damaged, no snapshot uses it: %s\n", p)
+		}
+		unused[p.Pack]++
+	}
+	for _, pack := range unusedOrder {
+		if n := unused[pack]; n > 1 {
+			fmt.Fprintf(w, "  (pack %s: %d more damaged places no snapshot uses)\n", pack, n-1)
 		}
 	}
 	for _, f := range leftovers {
