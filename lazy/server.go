@@ -704,18 +704,41 @@ func (s *Server) runFrom(m *mm, ei, pi, limit int) int {
 	return n
 }
 
+// parallelRead is the batch size from which install reads with two goroutines.
+const parallelRead = 64
+
 // install reads pages [pi, pi+n) of extent ei (all pending) from the Source
 // and copies them into m with one UFFDIO_COPY, retrying partial copies.
 // It returns how many it installed. A page already present counts as done.
 func (s *Server) install(m *mm, ei, pi, n int, mode uint64) (int, error) {
 	e := &m.sp.exts[ei]
 	buf := s.buf[:n*pageSize]
-	for k := 0; k < n; k++ {
-		src := e.src + uint64(pi+k)*pageSize
-		if err := s.src.ReadPage(src, buf[k*pageSize:(k+1)*pageSize]); err != nil {
-			return 0, fmt.Errorf("page %#x (at %#x in mm %d): %w: %w",
-				src, e.start+uint64(pi+k)*pageSize, m.id, ErrSource, err)
+	read := func(from, to int) error {
+		for k := from; k < to; k++ {
+			src := e.src + uint64(pi+k)*pageSize
+			if err := s.src.ReadPage(src, buf[k*pageSize:(k+1)*pageSize]); err != nil {
+				return fmt.Errorf("page %#x (at %#x in mm %d): %w: %w",
+					src, e.start+uint64(pi+k)*pageSize, m.id, ErrSource, err)
+			}
 		}
+		return nil
+	}
+	// Reading a page means decompressing and hashing it: a large batch (Fill,
+	// prefetch) is read by two goroutines, one per half. Faults read a few
+	// pages, on this thread only.
+	if n >= parallelRead {
+		half := n / 2
+		errc := make(chan error, 1)
+		go func() { errc <- read(0, half) }()
+		err := read(half, n)
+		if ferr := <-errc; ferr != nil {
+			err = ferr
+		}
+		if err != nil {
+			return 0, err
+		}
+	} else if err := read(0, n); err != nil {
+		return 0, err
 	}
 	installed, done := 0, 0
 	single := false // copy page by page: the run crosses a mapping boundary
