@@ -34,7 +34,7 @@ func buildHolder(t *testing.T) string {
 	}
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
-		t.Skip("needs gcc to build testdata/holder.c")
+		t.Fatalf("gcc is needed to build testdata/holder.c (make deps installs it): %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "holder")
 	out, err := exec.Command(gcc, "-O1", "-Wall", "-Werror", "-o", bin,
@@ -212,7 +212,7 @@ func TestDumpUnsupported(t *testing.T) {
 	}
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
-		t.Skip("needs sleep")
+		t.Fatalf("sleep(1) is needed: %v", err)
 	}
 	dir := t.TempDir()
 
@@ -268,7 +268,7 @@ func TestDumpUnsupported(t *testing.T) {
 		{"pty master", func(t *testing.T) *os.File {
 			f, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
 			if err != nil {
-				t.Skip(err)
+				t.Fatalf("open /dev/ptmx (this kernel has pseudo-terminals): %v", err)
 			}
 			return f
 		}, "fd 3: /dev/ptmx (character device 5:2): not supported"},
