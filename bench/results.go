@@ -1,0 +1,46 @@
+package main
+
+// Results is everything one bench run measured; it is written to bench.json
+// and rendered by writeReport.
+type Results struct {
+	// Quick is true for a -quick run: small sizes, one repetition.
+	Quick   bool    `json:"quick"`
+	Machine Machine `json:"machine"`
+	// Figures holds one row of the table each.
+	Figures []Figure `json:"figures"`
+	// Series holds the points of each plot, keyed by plot name:
+	// "stopped_vs_rewritten/<tracker>" (X share rewritten in %, Y stopped ms),
+	// "fault_latency_cdf" (X latency in µs, Y fraction of faults at or below),
+	// "store_growth" (X checkpoint number, Y stored bytes in MiB).
+	Series map[string][]Point `json:"series"`
+	// Notes are lines printed under the table: baselines not measured,
+	// figures left out and why.
+	Notes []string `json:"notes"`
+}
+
+// Machine records where the figures were measured.
+type Machine struct {
+	CPU    string `json:"cpu"`
+	Cores  int    `json:"cores"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+}
+
+// Figure is one measured value, beside its baseline when one applies.
+type Figure struct {
+	Group string  `json:"group"` // store, checkpoint, periodic, restore, naive
+	Name  string  `json:"name"`
+	Unit  string  `json:"unit"`
+	Value float64 `json:"value"`
+	// Baseline is the naive full copy's figure for the same quantity; 0 means
+	// there is none.
+	Baseline float64 `json:"baseline"`
+	// Ratio is Value/Baseline, or 0 when there is no baseline.
+	Ratio float64 `json:"ratio"`
+}
+
+// Point is one point of a plotted series.
+type Point struct {
+	X float64 `json:"x"`
+	Y float64 `json:"y"`
+}
