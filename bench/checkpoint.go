@@ -1,0 +1,189 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// env is what every section needs: where things are.
+type env struct {
+	dir      string // output folder
+	cryo     string // the cryo binary
+	memfill  string
+	rewriter string
+}
+
+func (e *env) cryoArgs(store string, args ...string) []string {
+	return append([]string{"--store", store, "--log-level", "info"}, args...)
+}
+
+// benchSize checkpoints a memfill of sizeMiB once, copies it naively, then
+// restores the snapshot eagerly, lazily with prefetch and lazily without,
+// each time letting memfill verify every page.
+func benchSize(res *Results, e *env, sizeMiB int) error {
+	store := filepath.Join(e.dir, fmt.Sprintf("store-ckpt-%d", sizeMiB))
+	os.RemoveAll(store)
+	defer os.RemoveAll(store)
+	trig := trigger(filepath.Join(e.dir, "trigger"))
+	trig.reset()
+	timeout := 30*time.Second + time.Duration(sizeMiB)*100*time.Millisecond
+	name := fmt.Sprintf("%d MiB", sizeMiB)
+
+	w, err := start(e.memfill, strconv.Itoa(sizeMiB), string(trig))
+	if err != nil {
+		return err
+	}
+	if _, err := w.stdout.waitFor("ready", timeout); err != nil {
+		w.kill()
+		return fmt.Errorf("memfill %d MiB: %w", sizeMiB, err)
+	}
+	pid := w.cmd.Process.Pid
+
+	// cryo checkpoint, then the naive copy of the same process.
+	t0 := time.Now()
+	out, err := execOut(e.cryo, e.cryoArgs(store, "checkpoint", strconv.Itoa(pid))...)
+	wall := time.Since(t0)
+	if err != nil {
+		w.kill()
+		return fmt.Errorf("cryo checkpoint: %w", err)
+	}
+	done := findLine(out, "checkpoint done")
+	frozen, err := durField(done, "frozen")
+	if err != nil {
+		w.kill()
+		return err
+	}
+	id := field(done, "snapshot")
+	stored, _ := strconv.ParseInt(field(done, "stored_bytes"), 10, 64)
+	pages, _ := strconv.ParseInt(field(done, "pages"), 10, 64)
+
+	img := filepath.Join(e.dir, "naive.img")
+	defer os.Remove(img)
+	nv, err := naiveCopy(pid, img)
+	w.kill()
+	if err != nil {
+		return fmt.Errorf("naive copy: %w", err)
+	}
+	add(res, "checkpoint", "wall "+name, "ms", ms(wall), ms(nv.wall))
+	add(res, "checkpoint", "stopped "+name, "ms", ms(frozen), ms(nv.stopped))
+	add(res, "checkpoint", "stored "+name, "MiB", mib(stored), mib(nv.bytes))
+	readBack, err := naiveReadBack(img)
+	if err != nil {
+		return err
+	}
+
+	// Eager restore: every page is in before the process runs.
+	r, err := restore(e, store, id, trig, timeout, "--eager")
+	if err != nil {
+		return fmt.Errorf("eager restore: %w", err)
+	}
+	logical := float64(pages * pageSize)
+	add(res, "restore", "eager "+name, "ms", ms(r.toRun), ms(readBack))
+	add(res, "restore", "eager GB/s "+name, "GB/s", logical/1e9/r.toRun.Seconds(),
+		float64(nv.bytes)/1e9/readBack.Seconds())
+
+	// Lazy with prefetch: runs at once, every page streams in.
+	r, err = restore(e, store, id, trig, timeout)
+	if err != nil {
+		return fmt.Errorf("lazy restore: %w", err)
+	}
+	add(res, "restore", "lazy to run "+name, "ms", ms(r.toRun), ms(readBack))
+	add(res, "restore", "lazy all in, prefetch "+name, "ms", ms(r.allIn), ms(readBack))
+
+	// Lazy without prefetch: only touched pages come in; memfill's verify
+	// touches them all.
+	r, err = restore(e, store, id, trig, timeout, "--no-prefetch")
+	if err != nil {
+		return fmt.Errorf("lazy restore --no-prefetch: %w", err)
+	}
+	add(res, "restore", "lazy all in, no prefetch (to verify done) "+name, "ms",
+		ms(r.verified), ms(readBack))
+	if r.faults > 0 {
+		add(res, "restore", "lazy no-prefetch mean per fault "+name, "µs",
+			float64(r.lazyDone.Microseconds())/float64(r.faults), 0)
+	}
+	return nil
+}
+
+// restoreResult is what one cryo restore of memfill took.
+type restoreResult struct {
+	toRun    time.Duration // cryo's to_run: until the process runs again
+	allIn    time.Duration // cryo's lazy restore done duration (0 when eager)
+	verified time.Duration // to_run plus trigger to memfill's OK
+	lazyDone time.Duration
+	faults   int64
+}
+
+// restore runs cryo restore of id in the foreground. With prefetch (no
+// --no-prefetch) it waits for every page to be in before it fires the
+// trigger; otherwise it fires the trigger as soon as the process runs.
+func restore(e *env, store, id string, trig trigger, timeout time.Duration,
+	flags ...string) (restoreResult, error) {
+	var rr restoreResult
+	trig.reset()
+	args := e.cryoArgs(store, append([]string{"restore", id}, flags...)...)
+	p, err := start(e.cryo, args...)
+	if err != nil {
+		return rr, err
+	}
+	l, err := p.stderr.waitFor("msg=restored", timeout)
+	if err != nil {
+		p.kill()
+		return rr, err
+	}
+	ranAt := l.at
+	if rr.toRun, err = durField(l.text, "to_run"); err != nil {
+		p.kill()
+		return rr, err
+	}
+	eager := len(flags) > 0 && flags[0] == "--eager"
+	noPrefetch := len(flags) > 0 && flags[0] == "--no-prefetch"
+	if !eager && !noPrefetch {
+		l, err := p.stderr.waitFor("lazy restore done", timeout)
+		if err != nil {
+			p.kill()
+			return rr, err
+		}
+		rr.allIn, _ = durField(l.text, "duration")
+	}
+	t0 := time.Now()
+	trig.fire()
+	ok, err := p.stdout.waitFor("OK", timeout)
+	if err != nil {
+		p.kill()
+		return rr, fmt.Errorf("memfill did not verify: %w", err)
+	}
+	from := t0
+	if ranAt.After(from) {
+		from = ranAt
+	}
+	rr.verified = rr.toRun + ok.at.Sub(from)
+	if err := p.wait(); err != nil {
+		return rr, fmt.Errorf("cryo restore: %w: %s", err, p.stderr.tail())
+	}
+	for _, l := range p.stderr.all {
+		if strings.Contains(l.text, "lazy restore done") {
+			rr.lazyDone, _ = durField(l.text, "duration")
+			rr.faults, _ = strconv.ParseInt(field(l.text, "faults"), 10, 64)
+		}
+	}
+	trig.reset()
+	return rr, nil
+}
+
+// findLine returns the last line of out containing sub.
+func findLine(out, sub string) string {
+	var found string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, sub) {
+			found = l
+		}
+	}
+	return found
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
