@@ -145,7 +145,7 @@ func durField(text, key string) (time.Duration, error) {
 // trigger is a file whose existence tells a workload to verify and exit.
 type trigger string
 
-func (t trigger) fire() error  { return os.WriteFile(string(t), nil, 0o644) }
+func (t trigger) fire() error { return os.WriteFile(string(t), nil, 0o644) }
 func (t trigger) reset() error {
 	err := os.Remove(string(t))
 	if os.IsNotExist(err) {
