@@ -67,7 +67,7 @@ func TestMapperWatched(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if k < mapperSteps {
-			writeAtomic(t, stepFile, fmt.Sprintf("%d\n", k+1))
+			writeStep(t, stepFile, k+1)
 			waitOutput(t, p.out, fmt.Sprintf("step %d ready\n", k+1), readyTimeout)
 		}
 	}
@@ -130,7 +130,7 @@ func mapperIncremental(t *testing.T, tracker string) {
 	var ids []string
 	for k := 0; k <= mapperSteps; k++ {
 		if k > 0 {
-			writeAtomic(t, stepFile, fmt.Sprintf("%d\n", k))
+			writeStep(t, stepFile, k)
 			waitOutput(t, p.out, fmt.Sprintf("step %d ready\n", k), readyTimeout)
 		}
 		ck := checkpointWith(t, store, p.pid, "--tracker", tracker)
@@ -376,6 +376,18 @@ func waitUntraced(t *testing.T, pid int, timeout time.Duration) time.Duration {
 			t.Fatalf("restored pid %d still traced by %d after %v", pid, tracer, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// writeStep writes step number k into the mapper's step file in place. A rename
+// would give the file a new inode, and a checkpoint that catches the mapper with
+// the step file open (it opens, reads and closes it every 10 ms) records the old
+// one: restore then rightly refuses the descriptor as "file changed". The mapper
+// reads an empty file, which a truncating write may show it, as "no step".
+func writeStep(t *testing.T, path string, k int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("%d\n", k)), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
