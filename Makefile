@@ -1,7 +1,7 @@
 # cryo: build, test and demo targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
-#   make test    install gcc, python3 and prometheus if missing, then go vet and go test
+#   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
 #
 # The end-to-end tests and the demo need root and a kernel with userfaultfd.
@@ -37,6 +37,11 @@ deps:
 	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
 		echo "installing: prometheus"; \
 		apt-get update && apt-get install -y --no-install-recommends prometheus; \
+	fi
+# chromium, for the bench report test that renders the HTML report headless.
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing: chromium"; \
+		apt-get update && apt-get install -y chromium; \
 	fi
 
 test: deps
