@@ -96,7 +96,9 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 
 	// Lazy without prefetch: only touched pages come in; memfill's verify
 	// touches them all.
-	r, err = restore(e, store, id, trig, timeout, "--no-prefetch")
+	// memfill's verify faults in every page one by one: allow 1 ms a page.
+	r, err = restore(e, store, id, trig, timeout+time.Duration(pages)*time.Millisecond,
+		"--no-prefetch")
 	if err != nil {
 		return fmt.Errorf("lazy restore --no-prefetch: %w", err)
 	}

@@ -82,6 +82,7 @@ func run(quick bool, dir string) error {
 		return err
 	}
 	res := &Results{Quick: quick, Machine: machine(), Series: map[string][]Point{}}
+	var failed []string
 
 	step := func(name string, f func() error) error {
 		t0 := time.Now()
@@ -99,9 +100,12 @@ func run(quick bool, dir string) error {
 		{"store ingest", func() error { return benchStore(res, dir, p.storeMiB) }},
 		{"store open", func() error { return benchOpen(res, root, p.openM) }},
 		{"checkpoint and restore by size", func() error {
+			// A size that fails is recorded and the others still run; the
+			// run fails at the end.
 			for _, s := range p.sizes {
 				if err := benchSize(res, e, s); err != nil {
-					return err
+					failed = append(failed, fmt.Sprintf("%d MiB: %v", s, err))
+					fmt.Fprintf(os.Stderr, "bench: %d MiB: %v\n", s, err)
 				}
 			}
 			return nil
@@ -139,6 +143,10 @@ func run(quick bool, dir string) error {
 			"touches every page and includes memfill's own checking work)",
 		fmt.Sprintf("total bench time %.0fs", time.Since(start).Seconds()))
 
+	for _, f := range failed {
+		res.Notes = append(res.Notes, "FAILED "+f)
+	}
+
 	printTable(res)
 	data, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
@@ -147,7 +155,13 @@ func run(quick bool, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "bench.json"), data, 0o644); err != nil {
 		return err
 	}
-	return writeReport(filepath.Join(dir, "bench.html"), res)
+	if err := writeReport(filepath.Join(dir, "bench.html"), res); err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d sizes failed, first: %s", len(failed), failed[0])
+	}
+	return nil
 }
 
 // add appends a figure and its ratio to the baseline.
