@@ -1,4 +1,4 @@
-# cryo: build, test and demo targets.
+# cryo: build, test, demo and benchmark targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
 #   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test
@@ -15,7 +15,7 @@ TEST_TIMEOUT ?= 20m
 CRYO_E2E_REQUIRE ?= 1
 export CRYO_E2E_REQUIRE
 
-.PHONY: all build deps test e2e demo clean
+.PHONY: all build deps test e2e bench demo clean
 
 all: build
 
@@ -50,6 +50,11 @@ test: deps
 
 e2e: deps
 	$(GO) test -v -count=1 -timeout $(TEST_TIMEOUT) ./tests/e2e/
+
+# bench runs the benchmark suite (work in progress, issue 5): a table on stdout,
+# bench-out/bench.json and bench-out/bench.html. BENCH_FLAGS=-quick for a short run.
+bench: deps
+	$(GO) run ./bench $(BENCH_FLAGS) -out bench-out
 
 demo: deps build
 	tests/demo.sh $(BIN)
