@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	_ "embed"
 	"fmt"
 	"html/template"
 	"math"
@@ -394,97 +395,8 @@ func reportFloat(v any) float64 {
 	panic(fmt.Sprintf("report template: number of type %T", v))
 }
 
-var reportTemplate = template.Must(template.New("report").Funcs(reportFuncs).Parse(`<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{{.Title}}</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 980px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: .2em; }
-h2 { font-size: 1.2em; margin-top: 1.8em; }
-table { border-collapse: collapse; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.better { color: #007a3d; }
-dl.machine dt { float: left; clear: left; width: 6em; font-weight: 600; }
-dl.machine dd { margin-left: 7em; }
-svg.plot { display: block; margin: 1em 0; background: #fff; }
-svg.plot text { font: 12px system-ui, sans-serif; fill: #222; }
-svg.plot .grid { stroke: #eee; }
-svg.plot .axis { stroke: #444; }
-svg.plot .title { font-size: 14px; font-weight: 600; }
-svg.plot .nodata { font-size: 18px; fill: #888; }
-</style>
-</head>
-<body>
-<h1>{{.Title}}{{if .Quick}} (quick run){{end}}</h1>
-<dl class="machine" id="machine">
-<dt>CPU</dt><dd>{{.Machine.CPU}}</dd>
-<dt>Cores</dt><dd>{{.Machine.Cores}}</dd>
-<dt>Kernel</dt><dd>{{.Machine.Kernel}}</dd>
-<dt>Go</dt><dd>{{.Machine.Go}}</dd>
-</dl>
+//go:embed report.html.tmpl
+var reportHTML string
 
-<h2>Figures</h2>
-<table id="figures">
-<thead><tr><th>group</th><th>figure</th><th>value</th><th>unit</th><th>baseline (naive copy)</th><th>cryo / baseline</th></tr></thead>
-<tbody>
-{{- range .Rows}}
-<tr class="figure"><td>{{.Group}}</td><td>{{.Name}}</td><td class="num">{{.Value}}</td><td>{{.Unit}}</td><td class="num">{{.Baseline}}</td><td class="num"{{if .HasBaseline}} title="{{.RatioTitle}}"{{end}}>{{.Ratio}}</td></tr>
-{{- else}}
-<tr><td colspan="6">no figures</td></tr>
-{{- end}}
-</tbody>
-</table>
-{{- if .Notes}}
-<ul class="notes">
-{{- range .Notes}}
-<li>{{.}}</li>
-{{- end}}
-</ul>
-{{- end}}
-
-<h2>Plots</h2>
-{{- range .Plots}}
-<svg class="plot" id="{{.ID}}" xmlns="http://www.w3.org/2000/svg" width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}" role="img" aria-label="{{.Title}}">
-<text class="title" x="{{.AreaX0}}" y="20">{{.Title}}</text>
-{{- $p := .}}
-{{- range .YTicks}}
-<line class="grid" x1="{{$p.AreaX0}}" x2="{{$p.AreaX1}}" y1="{{printf "%.2f" .Pos}}" y2="{{printf "%.2f" .Pos}}"/>
-<line class="axis" x1="{{$p.AreaX0}}" x2="{{printf "%.2f" (sub $p.AreaX0 5)}}" y1="{{printf "%.2f" .Pos}}" y2="{{printf "%.2f" .Pos}}"/>
-<text x="{{printf "%.2f" (sub $p.AreaX0 8)}}" y="{{printf "%.2f" (add .Pos 4)}}" text-anchor="end">{{.Label}}</text>
-{{- end}}
-{{- range .XTicks}}
-{{- if .Major}}
-<line class="grid" x1="{{printf "%.2f" .Pos}}" x2="{{printf "%.2f" .Pos}}" y1="{{$p.AreaY0}}" y2="{{$p.AreaY1}}"/>
-<line class="axis" x1="{{printf "%.2f" .Pos}}" x2="{{printf "%.2f" .Pos}}" y1="{{$p.AreaY1}}" y2="{{add $p.AreaY1 5}}"/>
-<text x="{{printf "%.2f" .Pos}}" y="{{add $p.AreaY1 20}}" text-anchor="middle">{{.Label}}</text>
-{{- else}}
-<line class="axis" x1="{{printf "%.2f" .Pos}}" x2="{{printf "%.2f" .Pos}}" y1="{{$p.AreaY1}}" y2="{{add $p.AreaY1 3}}"/>
-{{- end}}
-{{- end}}
-<line class="axis" x1="{{.AreaX0}}" x2="{{.AreaX1}}" y1="{{.AreaY1}}" y2="{{.AreaY1}}"/>
-<line class="axis" x1="{{.AreaX0}}" x2="{{.AreaX0}}" y1="{{.AreaY0}}" y2="{{.AreaY1}}"/>
-<text x="{{half .AreaX0 .AreaX1}}" y="{{sub .H 12}}" text-anchor="middle">{{.XLabel}}</text>
-<text transform="translate(16 {{half .AreaY0 .AreaY1}}) rotate(-90)" text-anchor="middle">{{.YLabel}}</text>
-{{- if .Empty}}
-<text class="nodata" x="{{half .AreaX0 .AreaX1}}" y="{{half .AreaY0 .AreaY1}}" text-anchor="middle">no data</text>
-{{- end}}
-{{- range .Lines}}
-<path class="series" d="{{.D}}" fill="none" stroke="{{.Color}}" stroke-width="2"><title>{{.Name}}</title></path>
-{{- $c := .Color}}
-{{- range .Dots}}
-<circle cx="{{printf "%.2f" .X}}" cy="{{printf "%.2f" .Y}}" r="2.5" fill="{{$c}}"/>
-{{- end}}
-<line x1="{{add $p.AreaX1 16}}" x2="{{add $p.AreaX1 40}}" y1="{{.LegendY}}" y2="{{.LegendY}}" stroke="{{.Color}}" stroke-width="3"/>
-<text x="{{add $p.AreaX1 46}}" y="{{add .LegendY 4}}">{{.Name}}</text>
-{{- end}}
-{{- if .Dropped}}
-<text x="{{.AreaX1}}" y="20" text-anchor="end">{{.Dropped}} point(s) not drawn: not placeable on this axis</text>
-{{- end}}
-</svg>
-{{- end}}
-</body>
-</html>
-`))
+var reportTemplate = template.Must(template.New("report").Funcs(reportFuncs).
+	Parse(reportHTML))

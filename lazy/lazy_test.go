@@ -201,7 +201,8 @@ func TestFaultsInProcess(t *testing.T) {
 	}{{"any-cpu", -1, -1}, {"same-cpu", 0, 0}, {"other-cpu", 0, 1}} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.user >= runtime.NumCPU() {
-				t.Skipf("needs %d CPUs", tc.user+1)
+				t.Skipf("SKIPPING: placement not supported on a machine with %d CPU(s); this case "+
+					"needs %d", runtime.NumCPU(), tc.user+1)
 			}
 			testFaults(t, tc.server, tc.user)
 		})

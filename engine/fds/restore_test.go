@@ -39,7 +39,7 @@ func startTarget(t *testing.T) *target {
 	runtime.LockOSThread()
 	bin, err := exec.LookPath("true")
 	if err != nil {
-		t.Skip("needs true(1)")
+		t.Fatalf("true(1) is needed as the restore target: %v", err)
 	}
 	cmd := exec.Command(bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Ptrace: true}

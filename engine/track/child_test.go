@@ -56,7 +56,7 @@ func startToucher(t *testing.T, mib int) *toucher {
 	}
 	bin, err := buildToucher()
 	if err != nil {
-		t.Skipf("needs gcc to build testdata/toucher.c: %v", err)
+		t.Fatalf("build testdata/toucher.c (make deps installs gcc): %v", err)
 	}
 	c := &toucher{cmd: exec.Command(bin, strconv.Itoa(mib))}
 	c.cmd.Stderr = os.Stderr
