@@ -101,7 +101,7 @@ func FuzzIndex(f *testing.F) {
 // from a real store when CRYO_WRITE_FUZZ_SEEDS=1.
 func TestWriteFuzzSeeds(t *testing.T) {
 	if os.Getenv("CRYO_WRITE_FUZZ_SEEDS") != "1" {
-		t.Skip("set CRYO_WRITE_FUZZ_SEEDS=1 to regenerate testdata/fuzz")
+		t.Skip("not a test but the seed-corpus generator: set CRYO_WRITE_FUZZ_SEEDS=1 to run it")
 	}
 	dir := t.TempDir()
 	s := openTest(t, dir)

@@ -328,7 +328,7 @@ func storeBytes(t *testing.T, dir string) int64 {
 // 2 MiB buffer, so building it costs hashing, not storage.
 func TestIncrementalCost(t *testing.T) {
 	if testing.Short() {
-		t.Skip("hashes 1 GiB")
+		t.Skip("skipped in -short mode: hashes 1 GiB")
 	}
 	dir := t.TempDir()
 	s := openTest(t, dir)

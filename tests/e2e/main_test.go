@@ -75,7 +75,7 @@ func requireE2E(t *testing.T) {
 		if os.Getenv("CRYO_E2E_REQUIRE") == "1" {
 			t.Fatalf("e2e tests required (CRYO_E2E_REQUIRE=1) but cannot run: %s", skipReason)
 		}
-		t.Skipf("SKIPPING end-to-end test: %s", skipReason)
+		t.Skipf("SKIPPING end-to-end test (needs root and a kernel with userfaultfd): %s", skipReason)
 	}
 	if setupErr != nil {
 		t.Fatalf("e2e setup: %v", setupErr)
