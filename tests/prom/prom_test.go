@@ -101,7 +101,7 @@ func require(t *testing.T) {
 			t.Fatalf("end-to-end tests required (CRYO_E2E_REQUIRE=1) but cannot run: %s",
 				skipReason)
 		}
-		t.Skipf("SKIPPING end-to-end test: %s", skipReason)
+		t.Skipf("SKIPPING end-to-end test (needs root): %s", skipReason)
 	}
 	if setupErr != nil {
 		t.Fatalf("setup: %v", setupErr)
