@@ -1,7 +1,9 @@
 # cryo: build, test, demo and benchmark targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
-#   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test
+#   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test;
+#                the quick bench (it must complete)
+#   make bench   the full benchmark suite (docs/BENCH.md)
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
 #
 # The end-to-end tests and the demo need root and a kernel with userfaultfd.
@@ -47,11 +49,14 @@ deps:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+# The quick bench, so that the suite cannot rot: it fails when a section fails
+# or a figure is missing; its times are not judged here.
+	out=$$(mktemp -d) && $(GO) run ./bench -quick -out "$$out" && rm -rf "$$out"
 
 e2e: deps
 	$(GO) test -v -count=1 -timeout $(TEST_TIMEOUT) ./tests/e2e/
 
-# bench runs the benchmark suite (work in progress, issue 5): a table on stdout,
+# bench runs the benchmark suite (docs/BENCH.md): a table on stdout,
 # bench-out/bench.json and bench-out/bench.html. BENCH_FLAGS=-quick for a short run.
 bench: deps
 	$(GO) run ./bench $(BENCH_FLAGS) -out bench-out

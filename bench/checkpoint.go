@@ -15,6 +15,7 @@ type env struct {
 	cryo     string // the cryo binary
 	memfill  string
 	rewriter string
+	fdholder string
 }
 
 func (e *env) cryoArgs(store string, args ...string) []string {
@@ -44,22 +45,11 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 	pid := w.cmd.Process.Pid
 
 	// cryo checkpoint, then the naive copy of the same process.
-	t0 := time.Now()
-	out, err := execOut(e.cryo, e.cryoArgs(store, "checkpoint", strconv.Itoa(pid))...)
-	wall := time.Since(t0)
-	if err != nil {
-		w.kill()
-		return fmt.Errorf("cryo checkpoint: %w", err)
-	}
-	done := findLine(out, "checkpoint done")
-	frozen, err := durField(done, "frozen")
+	ck, err := checkpoint(e, store, pid)
 	if err != nil {
 		w.kill()
 		return err
 	}
-	id := field(done, "snapshot")
-	stored, _ := strconv.ParseInt(field(done, "stored_bytes"), 10, 64)
-	pages, _ := strconv.ParseInt(field(done, "pages"), 10, 64)
 
 	img := filepath.Join(e.dir, "naive.img")
 	defer os.Remove(img)
@@ -68,26 +58,26 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 	if err != nil {
 		return fmt.Errorf("naive copy: %w", err)
 	}
-	add(res, "checkpoint", "wall "+name, "ms", ms(wall), ms(nv.wall))
-	add(res, "checkpoint", "stopped "+name, "ms", ms(frozen), ms(nv.stopped))
-	add(res, "checkpoint", "stored "+name, "MiB", mib(stored), mib(nv.bytes))
+	add(res, "checkpoint", "wall "+name, "ms", ms(ck.wall), ms(nv.wall))
+	add(res, "checkpoint", "stopped "+name, "ms", ms(ck.frozen), ms(nv.stopped))
+	add(res, "checkpoint", "stored "+name, "MiB", mib(ck.stored), mib(nv.bytes))
 	readBack, err := naiveReadBack(img)
 	if err != nil {
 		return err
 	}
 
 	// Eager restore: every page is in before the process runs.
-	r, err := restore(e, store, id, trig, timeout, "--eager")
+	r, err := restore(e, store, ck.id, trig, timeout, "--eager")
 	if err != nil {
 		return fmt.Errorf("eager restore: %w", err)
 	}
-	logical := float64(pages * pageSize)
+	logical := float64(ck.pages * pageSize)
 	add(res, "restore", "eager "+name, "ms", ms(r.toRun), ms(readBack))
 	add(res, "restore", "eager GB/s "+name, "GB/s", logical/1e9/r.toRun.Seconds(),
 		float64(nv.bytes)/1e9/readBack.Seconds())
 
 	// Lazy with prefetch: runs at once, every page streams in.
-	r, err = restore(e, store, id, trig, timeout)
+	r, err = restore(e, store, ck.id, trig, timeout)
 	if err != nil {
 		return fmt.Errorf("lazy restore: %w", err)
 	}
@@ -97,7 +87,7 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 	// Lazy without prefetch: only touched pages come in; memfill's verify
 	// touches them all.
 	// memfill's verify faults in every page one by one: allow 1 ms a page.
-	r, err = restore(e, store, id, trig, timeout+time.Duration(pages)*time.Millisecond,
+	r, err = restore(e, store, ck.id, trig, timeout+time.Duration(ck.pages)*time.Millisecond,
 		"--no-prefetch")
 	if err != nil {
 		return fmt.Errorf("lazy restore --no-prefetch: %w", err)
@@ -108,6 +98,69 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 		add(res, "restore", "lazy no-prefetch mean per fault "+name, "µs",
 			float64(r.lazyDone.Microseconds())/float64(r.faults), 0)
 	}
+	return nil
+}
+
+// ckpt is what one cryo checkpoint reported.
+type ckpt struct {
+	id     string
+	wall   time.Duration // as bench saw it: the command, start to exit
+	frozen time.Duration // cryo's own figure: the process was stopped this long
+	stored int64         // bytes the snapshot added to the store
+	pages  int64         // pages in the snapshot
+}
+
+// checkpoint runs cryo checkpoint of pid into store.
+func checkpoint(e *env, store string, pid int) (ckpt, error) {
+	var ck ckpt
+	t0 := time.Now()
+	out, err := execOut(e.cryo, e.cryoArgs(store, "checkpoint", strconv.Itoa(pid))...)
+	ck.wall = time.Since(t0)
+	if err != nil {
+		return ck, fmt.Errorf("cryo checkpoint %d: %w", pid, err)
+	}
+	done := findLine(out, "checkpoint done")
+	if ck.frozen, err = durField(done, "frozen"); err != nil {
+		return ck, err
+	}
+	ck.id = field(done, "snapshot")
+	ck.stored, _ = strconv.ParseInt(field(done, "stored_bytes"), 10, 64)
+	ck.pages, _ = strconv.ParseInt(field(done, "pages"), 10, 64)
+	return ck, nil
+}
+
+// benchMix checkpoints a memfill of sizeMiB filled with issue 9's target mix
+// (40% zero, 30% text, 30% random of which 10% of all pages duplicate) and
+// records the snapshot's size beside the naive copy's.
+func benchMix(res *Results, e *env, sizeMiB int) error {
+	store := filepath.Join(e.dir, "store-mix")
+	os.RemoveAll(store)
+	defer os.RemoveAll(store)
+	trig := trigger(filepath.Join(e.dir, "trigger-mix"))
+	trig.reset()
+	w, err := start(e.memfill, strconv.Itoa(sizeMiB), string(trig), "target")
+	if err != nil {
+		return err
+	}
+	defer w.kill()
+	if _, err := w.stdout.waitFor("ready", 30*time.Second+time.Duration(sizeMiB)*
+		100*time.Millisecond); err != nil {
+		return fmt.Errorf("memfill %d MiB target mix: %w", sizeMiB, err)
+	}
+	ck, err := checkpoint(e, store, w.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	img := filepath.Join(e.dir, "naive-mix.img")
+	defer os.Remove(img)
+	nv, err := naiveCopy(w.cmd.Process.Pid, img)
+	if err != nil {
+		return fmt.Errorf("naive copy: %w", err)
+	}
+	name := fmt.Sprintf("%d MiB target mix", sizeMiB)
+	add(res, "checkpoint", "stored "+name, "MiB", mib(ck.stored), mib(nv.bytes))
+	add(res, "checkpoint", "stored/size "+name, "x", float64(ck.stored)/float64(sizeMiB<<20),
+		float64(nv.bytes)/float64(sizeMiB<<20))
 	return nil
 }
 

@@ -2,12 +2,15 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // rewriterRun is what one run of the rewriter workload showed.
@@ -16,7 +19,13 @@ type rewriterRun struct {
 	frozen []time.Duration // per checkpoint, in order (the first is full)
 	total  []time.Duration // checkpoint wall time, in order
 	stored []int64         // bytes each checkpoint appended
-	naive  naiveResult     // a naive copy taken mid-run (alone runs only)
+	copied []int64         // pages each checkpoint copied from the process
+	// storeBytes is the size of every file in the store after the run.
+	storeBytes int64
+	naive      naiveResult // a naive copy taken mid-run (alone runs only)
+	// pageZstd is the mean size of one of the process's pages compressed
+	// on its own as the store compresses it (alone runs only).
+	pageZstd float64
 }
 
 // runRewriter runs rewriter (sizeMiB, pct% rewritten per second) for about
@@ -77,6 +86,9 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 		time.Sleep(runFor / 2)
 		img := filepath.Join(e.dir, "naive-rw.img")
 		rr.naive, err = naiveCopy(p.cmd.Process.Pid, img)
+		if err == nil {
+			rr.pageZstd, err = meanCompressedPage(img)
+		}
 		os.Remove(img)
 		if err != nil {
 			p.kill()
@@ -115,9 +127,17 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 			continue
 		}
 		s, _ := strconv.ParseInt(field(l.text, "stored_bytes"), 10, 64)
+		c, _ := strconv.ParseInt(field(l.text, "copied"), 10, 64)
 		rr.frozen = append(rr.frozen, f)
 		rr.total = append(rr.total, t)
 		rr.stored = append(rr.stored, s)
+		rr.copied = append(rr.copied, c)
+	}
+	if interval > 0 {
+		rr.storeBytes, err = treeBytes(store)
+		if err != nil {
+			return rr, err
+		}
 	}
 	if interval > 0 && len(rr.frozen) < 2 {
 		return rr, fmt.Errorf("cryo run --interval %v --tracker %s: %d checkpoints, "+
@@ -171,6 +191,23 @@ func benchPeriodic(res *Results, e *env, sizeMiB int, pct float64,
 		add(res, "periodic", "slowdown "+name, "%", 100*(1-got/base), 100*(1-naive/base))
 		add(res, "periodic", "stopped median "+name, "ms", ms(median(rr.frozen[1:])),
 			ms(median(nv.frozen)))
+		if iv == time.Second {
+			// Store growth per incremental checkpoint: what it appended to
+			// packs plus its even share of the rest (manifests, indexes),
+			// beside the dirty pages compressed one by one.
+			var sum int64
+			for _, s := range rr.stored {
+				sum += s
+			}
+			other := float64(rr.storeBytes-sum) / float64(len(rr.stored))
+			growth := float64(median64(rr.stored[1:])) + other
+			dirty := float64(median64(rr.copied[1:])) * alone.pageZstd
+			add(res, "periodic", "store growth per checkpoint "+name, "KiB", growth/1024,
+				dirty/1024)
+			res.Notes = append(res.Notes, "store growth per checkpoint: baseline = median "+
+				"pages copied per checkpoint × the mean size of one of the workload's pages "+
+				"zstd-compressed alone (the compressed dirty bytes)")
+		}
 		if iv == 100*time.Millisecond {
 			var sum int64
 			for i, s := range rr.stored {
@@ -212,4 +249,47 @@ func mean(v []float64) float64 {
 		s += x
 	}
 	return s / float64(len(v))
+}
+
+// meanCompressedPage compresses every page of the naive image at path on its
+// own, as the store compresses a page frame, and returns the mean size.
+func meanCompressedPage(path string) (float64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return 0, err
+	}
+	defer enc.Close()
+	var total, n int
+	var buf []byte
+	for off := 0; off+pageSize <= len(data); off += pageSize {
+		buf = enc.EncodeAll(data[off:off+pageSize], buf[:0])
+		total += len(buf)
+		n++
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("naive image %s holds no page", path)
+	}
+	return float64(total) / float64(n), nil
+}
+
+// treeBytes is the size of every regular file under dir.
+func treeBytes(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += info.Size()
+		return nil
+	})
+	return n, err
 }

@@ -64,6 +64,7 @@ type reportPage struct {
 type reportRow struct {
 	Group, Name, Unit      string
 	Value, Baseline, Ratio string
+	Runs                   int
 	HasBaseline, Better    bool
 	RatioTitle             string
 }
@@ -71,7 +72,7 @@ type reportRow struct {
 func newReportRow(f Figure) reportRow {
 	row := reportRow{
 		Group: f.Group, Name: f.Name, Unit: f.Unit,
-		Value: reportNum(f.Value), Baseline: "—", Ratio: "—",
+		Value: reportNum(f.Value), Baseline: "—", Ratio: "—", Runs: max(f.Runs, 1),
 	}
 	if f.Baseline != 0 {
 		row.HasBaseline = true

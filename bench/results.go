@@ -37,6 +37,9 @@ type Figure struct {
 	Baseline float64 `json:"baseline"`
 	// Ratio is Value/Baseline, or 0 when there is no baseline.
 	Ratio float64 `json:"ratio"`
+	// Runs is how many repetitions Value and Baseline are the medians of
+	// (0 for a figure measured once).
+	Runs int `json:"runs,omitempty"`
 }
 
 // Point is one point of a plotted series.

@@ -2,18 +2,22 @@
  * memfill: fills N MiB with pages of known, mixed content, waits, and checks
  * every page is still what it wrote.
  *
- * Usage: memfill MIB TRIGGER
+ * Usage: memfill MIB TRIGGER [MIX]
  *
- * The region is one anonymous private mapping of MIB MiB. Page i holds, by
- * i % 8:
- *   0     never touched (not even present; reads as zero)
- *   1     written, then zeroed again (present, all zero)
- *   2, 3  text: a line naming the page, repeated (distinct, compressible)
- *   4, 5  random: xorshift output seeded from the page number (incompressible)
- *   6, 7  duplicate: a copy of one of DUP_TEMPLATES random template pages
- * so a quarter of the pages are zero, a quarter are duplicates of only
- * DUP_TEMPLATES distinct contents, a quarter compress well and a quarter not
- * at all.
+ * The region is one anonymous private mapping of MIB MiB. MIX chooses the
+ * share of each class of page:
+ *   quarters (the default), page i by i % 8:
+ *     0     never touched (not even present; reads as zero)
+ *     1     written, then zeroed again (present, all zero)
+ *     2, 3  text: a line naming the page, repeated (distinct, compressible)
+ *     4, 5  random: xorshift output seeded from the page number (incompressible)
+ *     6, 7  duplicate: a copy of one of DUP_TEMPLATES random template pages
+ *   so a quarter each is zero, text, random and duplicates of only
+ *   DUP_TEMPLATES distinct contents;
+ *   target, page i by i % 10 (the mix of issue 9's snapshot-size target):
+ *     0, 1 untouched, 2, 3 zeroed, 4-6 text, 7, 8 random, 9 duplicate
+ *   so 40% zero, 30% text, 30% random of which a third (10% of all pages)
+ *   duplicates.
  *
  * It prints "pages N zero Z text T random R dup D templates K", then
  * "checksum <hex>" and "ready", then polls every 10 ms for TRIGGER to exist.
@@ -67,35 +71,46 @@ static void fill_text(unsigned char *p, size_t page)
 		memcpy(p + off, line, (size_t)(PAGE - off) < (size_t)n ? (size_t)(PAGE - off) : (size_t)n);
 }
 
-static const char *class_name(size_t i)
+enum class { UNTOUCHED, ZEROED, TEXT, RANDOM, DUP, NCLASS };
+
+static const char *class_names[NCLASS] = {"untouched zero", "zeroed", "text", "random",
+					  "duplicate"};
+
+/* mix_target is set by the MIX argument "target"; see the usage above. */
+static int mix_target;
+
+static enum class class_of(size_t i)
 {
-	switch (i % 8) {
-	case 0: return "untouched zero";
-	case 1: return "zeroed";
-	case 2: case 3: return "text";
-	case 4: case 5: return "random";
-	default: return "duplicate";
-	}
+	static const enum class quarters[8] = {UNTOUCHED, ZEROED, TEXT, TEXT,
+					       RANDOM, RANDOM, DUP, DUP};
+	static const enum class target[10] = {UNTOUCHED, UNTOUCHED, ZEROED, ZEROED, TEXT,
+					      TEXT, TEXT, RANDOM, RANDOM, DUP};
+	return mix_target ? target[i % 10] : quarters[i % 8];
+}
+
+/* template_of is the duplicate template page i copies. */
+static uint64_t template_of(size_t i)
+{
+	size_t t = mix_target ? i / 10 : i / 8 * 2 + i % 2;
+	return 0xd0d0d0d0ULL + t % DUP_TEMPLATES;
 }
 
 /* expected writes the content page i must hold into p. */
 static void expected(unsigned char *p, size_t i)
 {
-	switch (i % 8) {
-	case 0:
-	case 1:
+	switch (class_of(i)) {
+	case UNTOUCHED:
+	case ZEROED:
 		memset(p, 0, PAGE);
 		break;
-	case 2:
-	case 3:
+	case TEXT:
 		fill_text(p, i);
 		break;
-	case 4:
-	case 5:
+	case RANDOM:
 		fill_random(p, i);
 		break;
 	default:
-		fill_random(p, 0xd0d0d0d0ULL + (i / 8 * 2 + i % 2) % DUP_TEMPLATES);
+		fill_random(p, template_of(i));
 		break;
 	}
 }
@@ -125,10 +140,12 @@ static void say(const char *fmt, ...)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: memfill MIB TRIGGER\n");
+	if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "quarters") != 0 &&
+					 strcmp(argv[3], "target") != 0)) {
+		fprintf(stderr, "usage: memfill MIB TRIGGER [quarters|target]\n");
 		return 2;
 	}
+	mix_target = argc == 4 && strcmp(argv[3], "target") == 0;
 	size_t mib = strtoul(argv[1], NULL, 10);
 	npages = mib * 1024 * 1024 / PAGE;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -138,13 +155,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	size_t counts[8] = {0};
+	size_t counts[NCLASS] = {0};
 	for (size_t i = 0; i < npages; i++) {
 		unsigned char *p = region + i * PAGE;
-		counts[i % 8]++;
-		if (i % 8 == 0)
+		enum class c = class_of(i);
+		counts[c]++;
+		if (c == UNTOUCHED)
 			continue;
-		if (i % 8 == 1) {
+		if (c == ZEROED) {
 			memset(p, 0x5a, PAGE);
 			memset(p, 0, PAGE);
 			continue;
@@ -152,8 +170,8 @@ int main(int argc, char **argv)
 		expected(p, i);
 	}
 	say("pages %zu zero %zu text %zu random %zu dup %zu templates %d\n", npages,
-	    counts[0] + counts[1], counts[2] + counts[3], counts[4] + counts[5],
-	    counts[6] + counts[7], DUP_TEMPLATES);
+	    counts[UNTOUCHED] + counts[ZEROED], counts[TEXT], counts[RANDOM], counts[DUP],
+	    DUP_TEMPLATES);
 	uint64_t before = checksum();
 	say("checksum %016llx\n", (unsigned long long)before);
 	say("ready\n");
@@ -170,7 +188,7 @@ int main(int argc, char **argv)
 		expected(want, i);
 		if (memcmp(want, region + i * PAGE, PAGE) != 0) {
 			if (bad < 10)
-				say("page %zu (%s) differs\n", i, class_name(i));
+				say("page %zu (%s) differs\n", i, class_names[class_of(i)]);
 			bad++;
 		}
 	}
