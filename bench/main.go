@@ -167,6 +167,8 @@ func run(quick bool, dir string) error {
 		"naive = SIGSTOP, process_vm_readv of every readable private mapping, "+
 			"uncompressed write, SIGCONT, fsync; naive restore = reading that file back "+
 			"from the page cache (no process is rebuilt)",
+		"store open: baseline = reading the same index files without parsing them; "+
+			"index bytes/page: baseline = the index's bytes on disk per page",
 		"fault latency: in-process lazy server on bench's own memory (one page per "+
 			"fault, no prefetch); baseline = first touch of plain anonymous memory",
 		"lazy all in, no prefetch = to_run + trigger to memfill's OK (its verify "+

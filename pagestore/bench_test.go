@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 )
 
 // BenchmarkIngest measures AddPages plus Commit (hash, dedup, compress, write,
@@ -96,6 +97,25 @@ func BenchmarkOpen(b *testing.B) {
 				b.StartTimer()
 			}
 			b.ReportMetric(float64(heap)/float64(pages), "index-B/page")
+
+			// The naive baseline: only reading the index files, no parsing,
+			// and their size on disk.
+			b.StopTimer()
+			t0 := time.Now()
+			idx, err := filepath.Glob(filepath.Join(dir, packsDir, "*"+indexExt))
+			if err != nil {
+				b.Fatal(err)
+			}
+			var disk int
+			for _, p := range idx {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				disk += len(data)
+			}
+			b.ReportMetric(float64(time.Since(t0).Nanoseconds()), "read-ns")
+			b.ReportMetric(float64(disk)/float64(pages), "disk-B/page")
 		})
 	}
 }
