@@ -298,7 +298,12 @@ func (s *Server) Fill() error {
 	if m.gone {
 		return nil
 	}
-	installed := 0
+	installed, err := s.fillPipelined(m)
+	if err != nil {
+		return s.abort(fmt.Errorf("fill: %w", err))
+	}
+	// Whatever the pipeline left (a copy that met a changed layout) is
+	// installed batch by batch, settling events between.
 	for {
 		ei, pi, ok := m.sp.next(0)
 		if !ok {
@@ -327,6 +332,99 @@ func (s *Server) Fill() error {
 	s.log.Info("filled", "pages", installed, "bytes", installed*pageSize,
 		"duration", d, "MBps", float64(installed*pageSize)/1e6/d.Seconds())
 	return nil
+}
+
+// fillRun is one batch of Fill: pages [pi, pi+n) of extent ei, read into buf.
+type fillRun struct {
+	ei, pi, n int
+	buf       []byte
+	err       error
+	read      chan struct{} // closed once buf holds the pages or err is set
+}
+
+// fillReaders is how many goroutines read (decompress and hash) pages for
+// Fill while this one copies: reading costs about twice what copying does.
+const fillReaders = 2
+
+// fillPipelined installs every pending page of m, reading batches on
+// fillReaders goroutines while this one copies the batches read before, in
+// address order. The process does not run yet, so the layout cannot change
+// under the plan made at the start; a copy that still meets one (errAgain,
+// errGone) ends the pipeline early and leaves the rest to Fill's loop. It
+// returns how many pages it installed and the first error that is not one of
+// those two.
+func (s *Server) fillPipelined(m *mm) (int, error) {
+	var plan []*fillRun
+	for ei := range m.sp.exts {
+		e := &m.sp.exts[ei]
+		for pi := e.nextPending(0); pi >= 0; {
+			n := s.runFrom(m, ei, pi, fillBatch)
+			plan = append(plan, &fillRun{ei: ei, pi: pi, n: n, read: make(chan struct{})})
+			pi = e.nextPending(pi + n)
+		}
+	}
+	if len(plan) == 0 {
+		return 0, nil
+	}
+
+	// Buffers circulate: the feeder takes one for each batch, the copier
+	// gives it back once the batch is in.
+	const depth = 2 * fillReaders
+	free := make(chan []byte, depth)
+	for range depth {
+		free <- make([]byte, fillBatch*pageSize)
+	}
+	stop := make(chan struct{})
+	work := make(chan *fillRun)
+	var wg sync.WaitGroup
+	for range fillReaders {
+		wg.Go(func() {
+			for r := range work {
+				r.err = s.readRun(m, r.ei, r.pi, r.n, r.buf)
+				close(r.read)
+			}
+		})
+	}
+	wg.Go(func() {
+		defer close(work)
+		for _, r := range plan {
+			select {
+			case r.buf = <-free:
+			case <-stop:
+				return
+			}
+			select {
+			case work <- r:
+			case <-stop:
+				return
+			}
+		}
+	})
+
+	installed := 0
+	var err error
+	for _, r := range plan {
+		<-r.read
+		if r.err != nil {
+			err = r.err
+			break
+		}
+		var got int
+		got, err = s.copyRun(m, r.ei, r.pi, r.n, r.buf[:r.n*pageSize],
+			uffd.UFFDIO_COPY_MODE_DONTWAKE)
+		installed += got
+		s.st.prefetchPages.Add(uint64(got))
+		if err != nil {
+			break
+		}
+		free <- r.buf
+	}
+	close(stop)
+	wg.Wait()
+	if errors.Is(err, errAgain) || errors.Is(err, errGone) {
+		err = nil
+	}
+	return installed, err
 }
 
 // Serve answers faults and events and, with Options.Prefetch, installs the
@@ -711,35 +809,48 @@ const parallelRead = 64
 // and copies them into m with one UFFDIO_COPY, retrying partial copies.
 // It returns how many it installed. A page already present counts as done.
 func (s *Server) install(m *mm, ei, pi, n int, mode uint64) (int, error) {
-	e := &m.sp.exts[ei]
 	buf := s.buf[:n*pageSize]
-	read := func(from, to int) error {
-		for k := from; k < to; k++ {
-			src := e.src + uint64(pi+k)*pageSize
-			if err := s.src.ReadPage(src, buf[k*pageSize:(k+1)*pageSize]); err != nil {
-				return fmt.Errorf("page %#x (at %#x in mm %d): %w: %w",
-					src, e.start+uint64(pi+k)*pageSize, m.id, ErrSource, err)
-			}
-		}
-		return nil
-	}
-	// Reading a page means decompressing and hashing it: a large batch (Fill,
-	// prefetch) is read by two goroutines, one per half. Faults read a few
+	// Reading a page means decompressing and hashing it: a large batch
+	// (prefetch) is read by two goroutines, one per half. Faults read a few
 	// pages, on this thread only.
 	if n >= parallelRead {
 		half := n / 2
 		errc := make(chan error, 1)
-		go func() { errc <- read(0, half) }()
-		err := read(half, n)
+		go func() { errc <- s.readRun(m, ei, pi, half, buf) }()
+		err := s.readRun(m, ei, pi+half, n-half, buf[half*pageSize:])
 		if ferr := <-errc; ferr != nil {
 			err = ferr
 		}
 		if err != nil {
 			return 0, err
 		}
-	} else if err := read(0, n); err != nil {
+	} else if err := s.readRun(m, ei, pi, n, buf); err != nil {
 		return 0, err
 	}
+	return s.copyRun(m, ei, pi, n, buf, mode)
+}
+
+// readRun reads pages [pi, pi+n) of extent ei from the Source into buf. It
+// only reads the extent's addresses, so it may run beside copyRun of other
+// pages of the same extent.
+func (s *Server) readRun(m *mm, ei, pi, n int, buf []byte) error {
+	e := &m.sp.exts[ei]
+	start, src := e.start, e.src
+	for k := range n {
+		addr := src + uint64(pi+k)*pageSize
+		if err := s.src.ReadPage(addr, buf[k*pageSize:(k+1)*pageSize]); err != nil {
+			return fmt.Errorf("page %#x (at %#x in mm %d): %w: %w",
+				addr, start+uint64(pi+k)*pageSize, m.id, ErrSource, err)
+		}
+	}
+	return nil
+}
+
+// copyRun copies buf, read by readRun for pages [pi, pi+n) of extent ei, into
+// m, retrying partial copies, and marks the pages done. It returns how many
+// it installed; a page already present counts as done.
+func (s *Server) copyRun(m *mm, ei, pi, n int, buf []byte, mode uint64) (int, error) {
+	e := &m.sp.exts[ei]
 	installed, done := 0, 0
 	single := false // copy page by page: the run crosses a mapping boundary
 	for done < n {

@@ -1,7 +1,6 @@
 package pagestore
 
 import (
-	"bytes"
 	"encoding/binary"
 	"runtime"
 	"sort"
@@ -32,9 +31,18 @@ func locsOf(pack uint32, entries []indexEntry) []loc {
 
 // search returns the position of the first entry with id >= id.
 func search(index []loc, id PageID) int {
-	return sort.Search(len(index), func(i int) bool {
-		return bytes.Compare(index[i].id[:], id[:]) >= 0
-	})
+	// sort.Search with bytes.Compare, written out: this is on the path of every
+	// page read, and the closure and the call showed in restore profiles.
+	lo, hi := 0, len(index)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if idLess(&index[mid].id, &id) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
 }
 
 // idLess reports whether a sorts before b, comparing ids as two big-endian
