@@ -99,9 +99,9 @@ func benchStore(res *Results, dir string, sizeMiB int) error {
 		if err != nil {
 			return err
 		}
-		mbps := float64(len(data)) / 1e6 / d.Seconds()
-		nmbps := float64(len(data)) / 1e6 / naive.Seconds()
-		add(res, "store", "ingest "+kind, "MB/s", mbps, nmbps)
+		gbps := float64(len(data)) / 1e9 / d.Seconds()
+		ngbps := float64(len(data)) / 1e9 / naive.Seconds()
+		add(res, "store", "ingest "+kind, "GB/s", gbps, ngbps)
 		st := info.Stats
 		add(res, "store", "stored bytes "+kind, "MiB", mib(st.StoredBytes), mib(int64(len(data))))
 		nonzero := st.NewPages + st.DedupPages

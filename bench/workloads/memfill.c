@@ -2,10 +2,13 @@
  * memfill: fills N MiB with pages of known, mixed content, waits, and checks
  * every page is still what it wrote.
  *
- * Usage: memfill MIB TRIGGER [MIX]
+ * Usage: memfill MIB TRIGGER [MIX [DUP]]
  *
  * The region is one anonymous private mapping of MIB MiB. MIX chooses the
  * share of each class of page:
+ *   zero, text or random: every page of that class (zero pages are written,
+ *   then zeroed again); DUP (0 to 100, default 0) makes that percentage of
+ *   the pages, the first DUP of every hundred, duplicates instead;
  *   quarters (the default), page i by i % 8:
  *     0     never touched (not even present; reads as zero)
  *     1     written, then zeroed again (present, all zero)
@@ -76,8 +79,10 @@ enum class { UNTOUCHED, ZEROED, TEXT, RANDOM, DUP, NCLASS };
 static const char *class_names[NCLASS] = {"untouched zero", "zeroed", "text", "random",
 					  "duplicate"};
 
-/* mix_target is set by the MIX argument "target"; see the usage above. */
-static int mix_target;
+/* The MIX and DUP arguments; see the usage above. */
+enum mix { QUARTERS, TARGET, ALL_ZERO, ALL_TEXT, ALL_RANDOM };
+static enum mix mix;
+static unsigned dup_pct;
 
 static enum class class_of(size_t i)
 {
@@ -85,13 +90,23 @@ static enum class class_of(size_t i)
 					       RANDOM, RANDOM, DUP, DUP};
 	static const enum class target[10] = {UNTOUCHED, UNTOUCHED, ZEROED, ZEROED, TEXT,
 					      TEXT, TEXT, RANDOM, RANDOM, DUP};
-	return mix_target ? target[i % 10] : quarters[i % 8];
+	switch (mix) {
+	case QUARTERS:
+		return quarters[i % 8];
+	case TARGET:
+		return target[i % 10];
+	default:
+		break;
+	}
+	if (i % 100 < dup_pct)
+		return DUP;
+	return mix == ALL_ZERO ? ZEROED : mix == ALL_TEXT ? TEXT : RANDOM;
 }
 
 /* template_of is the duplicate template page i copies. */
 static uint64_t template_of(size_t i)
 {
-	size_t t = mix_target ? i / 10 : i / 8 * 2 + i % 2;
+	size_t t = mix == QUARTERS ? i / 8 * 2 + i % 2 : mix == TARGET ? i / 10 : i / 100 + i;
 	return 0xd0d0d0d0ULL + t % DUP_TEMPLATES;
 }
 
@@ -140,12 +155,27 @@ static void say(const char *fmt, ...)
 
 int main(int argc, char **argv)
 {
-	if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "quarters") != 0 &&
-					 strcmp(argv[3], "target") != 0)) {
-		fprintf(stderr, "usage: memfill MIB TRIGGER [quarters|target]\n");
+	static const char *mixes[] = {"quarters", "target", "zero", "text", "random"};
+	int ok = argc >= 3 && argc <= 5;
+	if (ok && argc >= 4) {
+		ok = 0;
+		for (size_t k = 0; k < sizeof mixes / sizeof mixes[0]; k++)
+			if (strcmp(argv[3], mixes[k]) == 0) {
+				mix = (enum mix)k;
+				ok = 1;
+			}
+	}
+	if (ok && argc == 5) {
+		char *end;
+		unsigned long d = strtoul(argv[4], &end, 10);
+		ok = *end == '\0' && d <= 100 && mix != QUARTERS && mix != TARGET;
+		dup_pct = (unsigned)d;
+	}
+	if (!ok) {
+		fprintf(stderr, "usage: memfill MIB TRIGGER [quarters|target|zero|text|random "
+				"[DUP_PERCENT]] (DUP only with zero, text, random)\n");
 		return 2;
 	}
-	mix_target = argc == 4 && strcmp(argv[3], "target") == 0;
 	size_t mib = strtoul(argv[1], NULL, 10);
 	npages = mib * 1024 * 1024 / PAGE;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
