@@ -79,6 +79,9 @@ func run(quick bool, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	if err := stopOnSignal(dir); err != nil {
+		return err
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
