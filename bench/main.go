@@ -178,6 +178,7 @@ func run(quick bool, dir string) error {
 			"touches every page and includes memfill's own checking work)",
 		fmt.Sprintf("total bench time %.0fs", time.Since(start).Seconds()))
 
+	markTargets(res)
 	for _, m := range missingFigures(res) {
 		failed = append(failed, "figure missing: "+m)
 	}
@@ -247,7 +248,7 @@ func printTable(res *Results) {
 	m := res.Machine
 	fmt.Printf("machine: %s, %d cores, kernel %s, %s\n\n", m.CPU, m.Cores, m.Kernel, m.Go)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "group\tfigure\tvalue\tunit\tnaive\tcryo/naive\truns\t")
+	fmt.Fprintln(tw, "group\tfigure\tvalue\tunit\tnaive\tcryo/naive\truns\ttarget\t")
 	for _, f := range res.Figures {
 		base, ratio := "-", "-"
 		if f.Baseline != 0 {
@@ -258,8 +259,12 @@ func printTable(res *Results) {
 		if f.Runs > 1 {
 			runs = strconv.Itoa(f.Runs)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name, num(f.Value),
-			f.Unit, base, ratio, runs)
+		tgt := ""
+		if f.Target != "" {
+			tgt = f.Target + map[bool]string{true: " met", false: " MISSED"}[f.Met]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name, num(f.Value),
+			f.Unit, base, ratio, runs, tgt)
 	}
 	tw.Flush()
 	fmt.Println()

@@ -60,3 +60,24 @@ func TestMedianF(t *testing.T) {
 		t.Error("medianF(nil) is not NaN")
 	}
 }
+
+// TestMarkTargets checks a target on the value and one on the ratio, met and
+// missed, and that a figure without a target gets none.
+func TestMarkTargets(t *testing.T) {
+	res := &Results{}
+	add(res, "checkpoint", "stopped incr uffd-wp 1%/s 1024 MiB", "ms", 5.5, 400)
+	add(res, "restore", "eager 1024 MiB", "ms", 650, 300)
+	add(res, "periodic", "store growth per checkpoint every 1s, 1024 MiB 1%/s", "KiB", 100, 98)
+	add(res, "restore", "eager 64 MiB", "ms", 10, 5)
+	markTargets(res)
+	want := []struct {
+		target string
+		met    bool
+	}{{"≤ 6", true}, {"≤ 400", false}, {"ratio ≤ 1.05", true}, {"", false}}
+	for i, w := range want {
+		if f := res.Figures[i]; f.Target != w.target || f.Met != w.met {
+			t.Errorf("%s: target %q met %v, want %q %v", f.Name, f.Target, f.Met, w.target,
+				w.met)
+		}
+	}
+}

@@ -65,6 +65,7 @@ type reportRow struct {
 	Group, Name, Unit      string
 	Value, Baseline, Ratio string
 	Runs                   int
+	Target                 string
 	HasBaseline, Better    bool
 	RatioTitle             string
 }
@@ -73,6 +74,9 @@ func newReportRow(f Figure) reportRow {
 	row := reportRow{
 		Group: f.Group, Name: f.Name, Unit: f.Unit,
 		Value: reportNum(f.Value), Baseline: "—", Ratio: "—", Runs: max(f.Runs, 1),
+	}
+	if f.Target != "" {
+		row.Target = f.Target + map[bool]string{true: " met", false: " missed"}[f.Met]
 	}
 	if f.Baseline != 0 {
 		row.HasBaseline = true

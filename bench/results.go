@@ -37,6 +37,11 @@ type Figure struct {
 	Baseline float64 `json:"baseline"`
 	// Ratio is Value/Baseline, or 0 when there is no baseline.
 	Ratio float64 `json:"ratio"`
+	// Target is issue 9's target for this figure, as "≤ 6" (on Value) or
+	// "ratio ≤ 1.05" (on Ratio); empty when it has none. Met says whether
+	// this run meets it.
+	Target string `json:"target,omitempty"`
+	Met    bool   `json:"met,omitempty"`
 	// Runs is how many repetitions Value and Baseline are the medians of
 	// (0 for a figure measured once).
 	Runs int `json:"runs,omitempty"`
