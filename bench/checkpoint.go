@@ -34,7 +34,10 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 	timeout := 30*time.Second + time.Duration(sizeMiB)*100*time.Millisecond
 	name := fmt.Sprintf("%d MiB", sizeMiB)
 
-	w, err := start(e.memfill, strconv.Itoa(sizeMiB), string(trig))
+	// Every 32nd page is timed on its first touch after a restore: more than
+	// the lazy server installs around one fault, so that each is a fault.
+	w, err := startEnv([]string{"MEMFILL_TOUCH_STRIDE=32"}, e.memfill, strconv.Itoa(sizeMiB),
+		string(trig))
 	if err != nil {
 		return err
 	}
@@ -96,7 +99,11 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 		ms(r.verified), ms(readBack))
 	if r.faults > 0 {
 		add(res, "restore", "lazy no-prefetch mean per fault "+name, "µs",
-			float64(r.lazyDone.Microseconds())/float64(r.faults), 0)
+			float64(r.lazyDone.Microseconds())/float64(r.faults), r.anon[0]/1e3)
+	}
+	for i, q := range []string{"p50", "p99", "p99.9"} {
+		add(res, "restore", "fault "+q+" restored process "+name, "µs", r.touch[i]/1e3,
+			r.anon[i]/1e3)
 	}
 	return nil
 }
@@ -171,6 +178,9 @@ type restoreResult struct {
 	verified time.Duration // to_run plus trigger to memfill's OK
 	lazyDone time.Duration
 	faults   int64
+	// touch and anon are memfill's timed first touches (p50, p99, p99.9 in
+	// ns) of its restored memory and of fresh anonymous memory.
+	touch, anon [3]float64
 }
 
 // restore runs cryo restore of id in the foreground. With prefetch (no
@@ -225,6 +235,21 @@ func restore(e *env, store, id string, trig trigger, timeout time.Duration,
 			rr.lazyDone, _ = durField(l.text, "duration")
 			rr.faults, _ = strconv.ParseInt(field(l.text, "faults"), 10, 64)
 		}
+	}
+	for _, l := range p.stdout.all {
+		var n int
+		var q [3]float64
+		if _, err := fmt.Sscanf(l.text, "touch n %d p50 %g p99 %g p999 %g", &n, &q[0], &q[1],
+			&q[2]); err == nil {
+			rr.touch = q
+		}
+		if _, err := fmt.Sscanf(l.text, "anon n %d p50 %g p99 %g p999 %g", &n, &q[0], &q[1],
+			&q[2]); err == nil {
+			rr.anon = q
+		}
+	}
+	if noPrefetch && rr.touch[0] == 0 {
+		return rr, fmt.Errorf("memfill printed no touch latencies: %s", p.stdout.tail())
 	}
 	trig.reset()
 	return rr, nil

@@ -172,8 +172,12 @@ func run(quick bool, dir string) error {
 			"from the page cache (no process is rebuilt)",
 		"store open: baseline = reading the same index files without parsing them; "+
 			"index bytes/page: baseline = the index's bytes on disk per page",
-		"fault latency: in-process lazy server on bench's own memory (one page per "+
-			"fault, no prefetch); baseline = first touch of plain anonymous memory",
+		"fault latency (any cpu, same cpu): in-process lazy server on bench's own memory "+
+			"(one page per fault, no prefetch); baseline = first touch of plain anonymous "+
+			"memory",
+		"fault latency (restored process): memfill, restored lazily without prefetch, "+
+			"times its first read of every 32nd page; baseline = the same reads of fresh "+
+			"anonymous memory in the same process",
 		"lazy all in, no prefetch = to_run + trigger to memfill's OK (its verify "+
 			"touches every page and includes memfill's own checking work)",
 		fmt.Sprintf("total bench time %.0fs", time.Since(start).Seconds()))
@@ -211,7 +215,7 @@ var required = []string{
 	"wall ", "stopped ", "stopped incr uffd-wp", "stopped incr scan",
 	"slowdown every 1s", "slowdown every 100ms", "store growth per checkpoint",
 	"eager GB/s", "lazy to run", "fault p50", "fault p99 ", "fault p99.9",
-	"lazy all in, prefetch", "lazy all in, no prefetch",
+	"lazy all in, prefetch", "lazy all in, no prefetch", "fault p50 restored process",
 	"stored/size", "checkpoint stopped fdholder", "checkpoint stopped python3",
 	"lazy to run python3",
 }

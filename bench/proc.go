@@ -86,7 +86,15 @@ type proc struct {
 
 // start runs name with args, stdin /dev/null, stdout and stderr piped.
 func start(name string, args ...string) (*proc, error) {
+	return startEnv(nil, name, args...)
+}
+
+// startEnv is start with env added to bench's environment.
+func startEnv(env []string, name string, args ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

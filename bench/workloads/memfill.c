@@ -28,6 +28,14 @@
  * every page against its generator (printing "page <i> (<class>) differs"
  * for the first few that do not match) and prints "OK" (exit 0) or "FAILED"
  * (exit 1).
+ *
+ * With MEMFILL_TOUCH_STRIDE=K in its environment, memfill first reads one byte
+ * of every K-th page after the trigger, timing each read, then does the same on
+ * a fresh anonymous mapping of the same size, and prints
+ * "touch n <N> p50 <ns> p99 <ns> p999 <ns>" and "anon n <N> p50 ..." before it
+ * checks. After a lazy restore without prefetch, with K larger than the pages
+ * the page server installs around a fault, each timed read is one page fault
+ * served over userfaultfd, as the restored process sees it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -130,6 +138,43 @@ static void expected(unsigned char *p, size_t i)
 	}
 }
 
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* time_touches reads one byte of every stride-th page of mem, timing each, and
+ * prints the percentiles under label. */
+static void time_touches(const char *label, volatile unsigned char *mem, size_t stride)
+{
+	size_t n = (npages + stride - 1) / stride;
+	uint64_t *lat = malloc(n * sizeof *lat);
+	if (lat == NULL)
+		return;
+	/* Fault the array itself in first, so that only mem's faults are timed. */
+	memset(lat, 0, n * sizeof *lat);
+	for (size_t k = 0; k < n; k++) {
+		uint64_t t0 = now_ns();
+		(void)mem[k * stride * PAGE];
+		lat[k] = now_ns() - t0;
+	}
+	qsort(lat, n, sizeof *lat, cmp_u64);
+	say("%s n %zu p50 %llu p99 %llu p999 %llu\n", label, n,
+	    (unsigned long long)lat[n / 2], (unsigned long long)lat[n * 99 / 100],
+	    (unsigned long long)lat[n * 999 / 1000]);
+	free(lat);
+}
+
 /* checksum is FNV-1a over 64-bit words of every page, in order. */
 static uint64_t checksum(void)
 {
@@ -209,6 +254,18 @@ int main(int argc, char **argv)
 	struct timespec tick = {0, 10 * 1000 * 1000};
 	while (access(argv[2], F_OK) != 0)
 		nanosleep(&tick, NULL);
+
+	const char *stride_env = getenv("MEMFILL_TOUCH_STRIDE");
+	size_t stride = stride_env ? strtoul(stride_env, NULL, 10) : 0;
+	if (stride > 0) {
+		time_touches("touch", region, stride);
+		unsigned char *fresh = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (fresh != MAP_FAILED) {
+			time_touches("anon", fresh, stride);
+			munmap(fresh, npages * PAGE);
+		}
+	}
 
 	uint64_t after = checksum();
 	say("checksum %016llx\n", (unsigned long long)after);
