@@ -258,6 +258,11 @@ type block struct {
 	Present [windowSlots / 64]uint64
 	Zero    [windowSlots / 64]uint64
 	IDs     []PageID // one per slot present and not zero, in slot order
+
+	// For a block read from a delta block (see delta.go): the id of the full
+	// block it is based on, and that block decoded. Both zero for a full block.
+	baseID PageID
+	base   *block
 }
 
 func (b *block) present(i int) bool { return b.Present[i/64]&(1<<(i%64)) != 0 }

@@ -46,6 +46,22 @@ func FuzzBlock(f *testing.F) {
 	})
 }
 
+func FuzzDelta(f *testing.F) {
+	d := &delta{Base: PageID{3}, IDs: []PageID{{1}}}
+	d.Changed[0], d.Present[0], d.Zero[0] = 0b1110, 0b0110, 0b0100
+	f.Add(encodeDelta(d))
+	f.Add(encodeDelta(&delta{}))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		d, err := decodeDelta(p)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeDelta(d), p) {
+			t.Fatal("delta block does not re-encode to its input")
+		}
+	})
+}
+
 func FuzzFrameHeader(f *testing.F) {
 	enc, err := zstd.NewWriter(nil)
 	if err != nil {

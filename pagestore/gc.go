@@ -95,6 +95,9 @@ func (s *Store) GC() (GCStats, error) {
 			if err != nil {
 				return st, fmt.Errorf("gc: %w", err)
 			}
+			if b.base != nil {
+				mark(b.baseID) // a delta block needs its base
+			}
 			for _, pid := range b.IDs {
 				mark(pid)
 			}

@@ -147,9 +147,26 @@ func (w *Writer) pageMap(enc *zstd.Encoder) ([]windowRef, int64, error) {
 		}
 		raw := encodeBlock(b)
 		id := HashPage(raw)
+		if pb != nil {
+			// Against the full block under the parent's (the parent's own
+			// block when it is full): a delta when it is small enough.
+			baseID, full := plan.ref.Block, pb
+			if pb.base != nil {
+				baseID, full = pb.baseID, pb.base
+			}
+			if d := diffBlocks(baseID, full, b); d.changedSlots() == 0 {
+				raw, id = nil, baseID // back to the base block exactly
+			} else if deltaWorthIt(d, b) {
+				raw = encodeDelta(d)
+				id = HashPage(raw)
+			}
+		}
 		refs = append(refs, windowRef{Base: base, Block: id})
 		if plan != nil && id == plan.ref.Block {
 			continue // same entries as the parent's window
+		}
+		if raw == nil {
+			continue // the base block, stored already
 		}
 		if _, ok := w.pending[id]; ok || w.s.has(id) {
 			continue

@@ -90,19 +90,55 @@ func (s *Store) readManifest(id string) (*manifest, error) {
 }
 
 // readBlock reads and decodes the page-map block id of window base of snapshot
-// snap.
+// snap. A delta block comes back applied to its base, with the base named in
+// the block's baseID and base fields.
 func (s *Store) readBlock(id PageID, snap string, base uint64) (*block, error) {
+	raw, bad, err := s.readBlockRaw(id, snap, base)
+	if err != nil {
+		return nil, err
+	}
+	if blockKind(raw) != blockKindDelta {
+		b, err := decodeBlock(raw)
+		if err != nil {
+			return nil, bad(err)
+		}
+		return b, nil
+	}
+	d, err := decodeDelta(raw)
+	if err != nil {
+		return nil, bad(err)
+	}
+	baseRaw, baseBad, err := s.readBlockRaw(d.Base, snap, base)
+	if err != nil {
+		return nil, fmt.Errorf("base of delta block %s: %w", id, err)
+	}
+	if blockKind(baseRaw) == blockKindDelta {
+		return nil, baseBad(formatErr("base of delta block %s is itself a delta", id))
+	}
+	full, err := decodeBlock(baseRaw)
+	if err != nil {
+		return nil, baseBad(err)
+	}
+	b := applyDelta(full, d)
+	b.baseID, b.base = d.Base, full
+	return b, nil
+}
+
+// readBlockRaw reads the verified bytes of block id, and returns with them a
+// function that wraps a decoding error as the damage it is.
+func (s *Store) readBlockRaw(id PageID, snap string, base uint64) ([]byte,
+	func(error) error, error) {
+
 	fr, l, err := s.readFrameOf(id, kindBlock, snap)
 	if err != nil {
-		return nil, fmt.Errorf("read page map of window %#x: %w", base, err)
+		return nil, nil, fmt.Errorf("read page map of window %#x: %w", base, err)
 	}
-	b, err := decodeBlock(fr.raw)
-	if err != nil {
-		return nil, &CorruptionError{Path: s.packPath(s.packName(l.pack), packExt),
+	bad := func(err error) error {
+		return &CorruptionError{Path: s.packPath(s.packName(l.pack), packExt),
 			Pack: s.packName(l.pack), Offset: int64(l.off), Snapshot: snap, Page: id,
 			Addr: base, Reason: "page-map block", Err: err}
 	}
-	return b, nil
+	return fr.raw, bad, nil
 }
 
 // Info describes the snapshot.
