@@ -20,8 +20,9 @@ type rewriterRun struct {
 	total  []time.Duration // checkpoint wall time, in order
 	stored []int64         // bytes each checkpoint appended
 	copied []int64         // pages each checkpoint copied from the process
-	// storeBytes is the size of every file in the store after the run.
-	storeBytes int64
+	// firstBytes and storeBytes are the size of every file in the store after
+	// the first checkpoint and after the run.
+	firstBytes, storeBytes int64
 	naive      naiveResult // a naive copy taken mid-run (alone runs only)
 	// pageZstd is the mean size of one of the process's pages compressed
 	// on its own as the store compresses it (alone runs only).
@@ -99,10 +100,17 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 		// At least three checkpoints, however slow the machine: the first
 		// is full, and the increments after it are what is measured.
 		end := time.Now().Add(runFor)
-		for range 3 {
+		for i := range 3 {
 			if _, err := p.stderr.waitFor("checkpoint done", 2*time.Minute); err != nil {
 				p.kill()
 				return rr, fmt.Errorf("cryo run --interval %v: %w", interval, err)
+			}
+			if i == 0 {
+				// The store as the first, full checkpoint left it.
+				if rr.firstBytes, err = treeBytes(store); err != nil {
+					p.kill()
+					return rr, err
+				}
 			}
 		}
 		time.Sleep(time.Until(end))
@@ -201,21 +209,22 @@ func benchPeriodic(res *Results, e *env, sizeMiB int, pct float64,
 		add(res, "periodic", "stopped median "+name, "ms", ms(median(rr.frozen[1:])),
 			ms(median(nv.frozen)))
 		if iv == time.Second {
-			// Store growth per incremental checkpoint: what it appended to
-			// packs plus its even share of the rest (manifests, indexes),
-			// beside the dirty pages compressed one by one.
-			var sum int64
-			for _, s := range rr.stored {
-				sum += s
+			// Store growth per incremental checkpoint, every file counted
+			// (packs, indexes, manifests), beside the dirty pages compressed
+			// one by one.
+			growth := float64(rr.storeBytes-rr.firstBytes) / float64(len(rr.stored)-1)
+			var copied int64
+			for _, c := range rr.copied[1:] {
+				copied += c
 			}
-			other := float64(rr.storeBytes-sum) / float64(len(rr.stored))
-			growth := float64(median64(rr.stored[1:])) + other
-			dirty := float64(median64(rr.copied[1:])) * alone.pageZstd
+			dirty := float64(copied) / float64(len(rr.copied)-1) * alone.pageZstd
 			add(res, "periodic", "store growth per checkpoint "+name, "KiB", growth/1024,
 				dirty/1024)
-			res.Notes = append(res.Notes, "store growth per checkpoint: baseline = median "+
-				"pages copied per checkpoint × the mean size of one of the workload's pages "+
-				"zstd-compressed alone (the compressed dirty bytes)")
+			res.Notes = append(res.Notes, "store growth per checkpoint: the store's size "+
+				"after the run less its size after the first (full) checkpoint, over the "+
+				"checkpoints after the first; baseline = mean pages copied per checkpoint × "+
+				"the mean size of one of the workload's pages zstd-compressed alone (the "+
+				"compressed dirty bytes)")
 		}
 		if iv == 100*time.Millisecond {
 			var sum int64
