@@ -551,7 +551,28 @@ func procState(pid int) (string, error) {
 	return s[i+2 : i+3], nil
 }
 
-// procsNamed returns the live (non-zombie) processes whose comm is name.
+// runMarker is put into the environment of every process this test binary
+// starts (TestMain sets it in its own): a restored process keeps its environment,
+// so the marker tells this run's workloads from those of another run on the same
+// machine, which the checks below must neither count nor kill.
+var runMarker = fmt.Sprintf("CRYO_E2E_RUN=%d-%d", os.Getpid(), time.Now().UnixNano())
+
+// ours reports whether process pid carries this run's marker.
+func ours(pid int) bool {
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return false
+	}
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if kv == runMarker {
+			return true
+		}
+	}
+	return false
+}
+
+// procsNamed returns the live (non-zombie) processes of this run whose comm is
+// name.
 func procsNamed(name string) []int {
 	if len(name) > 15 {
 		name = name[:15]
@@ -564,7 +585,8 @@ func procsNamed(name string) []int {
 			continue
 		}
 		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err == nil && strings.TrimSpace(string(comm)) == name && processAlive(pid) {
+		if err == nil && strings.TrimSpace(string(comm)) == name && processAlive(pid) &&
+			ours(pid) {
 			pids = append(pids, pid)
 		}
 	}

@@ -48,6 +48,10 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: mark inherited fds close-on-exec: %v\n", err)
 		return 2
 	}
+	// Every process started from here on carries the run's marker (see ours).
+	k, v, _ := strings.Cut(runMarker, "=")
+	os.Setenv(k, v)
+
 	tmp, err := os.MkdirTemp("", "cryo-e2e-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
