@@ -66,6 +66,10 @@ func main() {
 }
 
 func run(quick bool, dir string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("bench needs root: cryo ptraces the workloads, restores their " +
+			"pids and serves their memory over userfaultfd")
+	}
 	// Workloads must hold no descriptor of ours beyond 0-2: cryo refuses a
 	// pipe whose other end is outside the process.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
