@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,8 +43,7 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 		return err
 	}
 	if _, err := w.stdout.waitFor("ready", timeout); err != nil {
-		w.kill()
-		return fmt.Errorf("memfill %d MiB: %w", sizeMiB, err)
+		return w.failed(fmt.Errorf("memfill %d MiB: %w", sizeMiB, err))
 	}
 	pid := w.cmd.Process.Pid
 
@@ -86,24 +86,21 @@ func benchSize(res *Results, e *env, sizeMiB int) error {
 	}
 	add(res, "restore", "lazy to run "+name, "ms", ms(r.toRun), ms(readBack))
 	add(res, "restore", "lazy all in, prefetch "+name, "ms", ms(r.allIn), ms(readBack))
+	add(res, "restore", "lazy verified, prefetch "+name, "ms", ms(r.verified), ms(readBack))
 
-	// Lazy without prefetch: only touched pages come in; memfill's verify
-	// touches them all.
-	// memfill's verify faults in every page one by one: allow 1 ms a page.
+	// Lazy without prefetch: only touched pages come in, and memfill's verify
+	// touches them all, faulting them in one by one: allow 1 ms a page.
 	r, err = restore(e, store, ck.id, trig, timeout+time.Duration(ck.pages)*time.Millisecond,
 		"--no-prefetch")
 	if err != nil {
 		return fmt.Errorf("lazy restore --no-prefetch: %w", err)
 	}
-	add(res, "restore", "lazy all in, no prefetch (to verify done) "+name, "ms",
-		ms(r.verified), ms(readBack))
-	if r.faults > 0 {
-		add(res, "restore", "lazy no-prefetch mean per fault "+name, "µs",
-			float64(r.lazyDone.Microseconds())/float64(r.faults), r.anon[0]/1e3)
-	}
+	add(res, "restore", "lazy all in, no prefetch "+name, "ms", ms(r.allIn), ms(readBack))
+	add(res, "restore", "lazy verified, no prefetch "+name, "ms", ms(r.verified),
+		ms(readBack))
 	for i, q := range []string{"p50", "p99", "p99.9"} {
-		add(res, "restore", "fault "+q+" restored process "+name, "µs", r.touch[i]/1e3,
-			r.anon[i]/1e3)
+		addVs(res, "restore", "fault "+q+" restored process "+name, "µs", r.touch[i]/1e3,
+			r.anon[i]/1e3, "first touch of fresh memory")
 	}
 	return nil
 }
@@ -131,8 +128,12 @@ func checkpoint(e *env, store string, pid int) (ckpt, error) {
 		return ck, err
 	}
 	ck.id = field(done, "snapshot")
-	ck.stored, _ = strconv.ParseInt(field(done, "stored_bytes"), 10, 64)
-	ck.pages, _ = strconv.ParseInt(field(done, "pages"), 10, 64)
+	if ck.stored, err = intField(done, "stored_bytes"); err != nil {
+		return ck, err
+	}
+	if ck.pages, err = intField(done, "pages"); err != nil {
+		return ck, err
+	}
 	return ck, nil
 }
 
@@ -152,7 +153,7 @@ func benchMix(res *Results, e *env, sizeMiB int) error {
 	defer w.kill()
 	if _, err := w.stdout.waitFor("ready", 30*time.Second+time.Duration(sizeMiB)*
 		100*time.Millisecond); err != nil {
-		return fmt.Errorf("memfill %d MiB target mix: %w", sizeMiB, err)
+		return w.failed(fmt.Errorf("memfill %d MiB target mix: %w", sizeMiB, err))
 	}
 	ck, err := checkpoint(e, store, w.cmd.Process.Pid)
 	if err != nil {
@@ -166,76 +167,66 @@ func benchMix(res *Results, e *env, sizeMiB int) error {
 	}
 	name := fmt.Sprintf("%d MiB target mix", sizeMiB)
 	add(res, "checkpoint", "stored "+name, "MiB", mib(ck.stored), mib(nv.bytes))
-	add(res, "checkpoint", "stored/size "+name, "x", float64(ck.stored)/float64(sizeMiB<<20),
+	add(res, "checkpoint", "stored/size "+name, "fraction", float64(ck.stored)/float64(sizeMiB<<20),
 		float64(nv.bytes)/float64(sizeMiB<<20))
 	return nil
 }
 
 // restoreResult is what one cryo restore of memfill took.
 type restoreResult struct {
-	toRun    time.Duration // cryo's to_run: until the process runs again
-	allIn    time.Duration // cryo's lazy restore done duration (0 when eager)
-	verified time.Duration // to_run plus trigger to memfill's OK
-	lazyDone time.Duration
-	faults   int64
+	toRun time.Duration // cryo's to_run: until the process runs again
+	// allIn is from starting cryo restore until it logs that every page is in
+	// (for an eager restore, that is before the process runs).
+	allIn time.Duration
+	// verified is from starting cryo restore until memfill, triggered as soon
+	// as it runs, has checked every page.
+	verified time.Duration
 	// touch and anon are memfill's timed first touches (p50, p99, p99.9 in
 	// ns) of its restored memory and of fresh anonymous memory.
 	touch, anon [3]float64
 }
 
-// restore runs cryo restore of id in the foreground. With prefetch (no
-// --no-prefetch) it waits for every page to be in before it fires the
-// trigger; otherwise it fires the trigger as soon as the process runs.
+// restore runs cryo restore of id in the foreground with flags, fires the
+// trigger as soon as the process runs, and waits for memfill's verdict and
+// for cryo restore to end.
 func restore(e *env, store, id string, trig trigger, timeout time.Duration,
 	flags ...string) (restoreResult, error) {
 	var rr restoreResult
 	trig.reset()
 	args := e.cryoArgs(store, append([]string{"restore", id}, flags...)...)
+	t0 := time.Now()
 	p, err := start(e.cryo, args...)
 	if err != nil {
 		return rr, err
 	}
 	l, err := p.stderr.waitFor("msg=restored", timeout)
 	if err != nil {
-		p.kill()
-		return rr, err
+		return rr, p.failed(err)
 	}
-	ranAt := l.at
 	if rr.toRun, err = durField(l.text, "to_run"); err != nil {
-		p.kill()
-		return rr, err
+		return rr, p.failed(err)
 	}
-	eager := len(flags) > 0 && flags[0] == "--eager"
-	noPrefetch := len(flags) > 0 && flags[0] == "--no-prefetch"
-	if !eager && !noPrefetch {
-		l, err := p.stderr.waitFor("lazy restore done", timeout)
-		if err != nil {
-			p.kill()
-			return rr, err
-		}
-		rr.allIn, _ = durField(l.text, "duration")
+	if err := trig.fire(); err != nil {
+		return rr, p.failed(err)
 	}
-	t0 := time.Now()
-	trig.fire()
 	ok, err := p.stdout.waitFor("OK", timeout)
 	if err != nil {
-		p.kill()
-		return rr, fmt.Errorf("memfill did not verify: %w", err)
+		return rr, p.failed(fmt.Errorf("memfill did not verify: %w", err))
 	}
-	from := t0
-	if ranAt.After(from) {
-		from = ranAt
-	}
-	rr.verified = rr.toRun + ok.at.Sub(from)
-	if err := p.wait(); err != nil {
+	rr.verified = ok.at.Sub(t0)
+	if err := p.wait(timeout); err != nil {
 		return rr, fmt.Errorf("cryo restore: %w: %s", err, p.stderr.tail())
 	}
 	for _, l := range p.stderr.all {
 		if strings.Contains(l.text, "lazy restore done") {
-			rr.lazyDone, _ = durField(l.text, "duration")
-			rr.faults, _ = strconv.ParseInt(field(l.text, "faults"), 10, 64)
+			rr.allIn = l.at.Sub(t0)
 		}
 	}
+	if rr.allIn == 0 {
+		return rr, fmt.Errorf("cryo restore %s logged no \"lazy restore done\": %s", id,
+			p.stderr.tail())
+	}
+	noPrefetch := slices.Contains(flags, "--no-prefetch")
 	for _, l := range p.stdout.all {
 		var n int
 		var q [3]float64

@@ -12,6 +12,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-dev/cryo/engine/track"
 )
 
 // plan is what one mode measures.
@@ -35,7 +38,7 @@ type plan struct {
 	rwMiB      int
 	mixMiB     int // the snapshot of issue 9's target mix
 	shares     []float64
-	trackers   []string
+	trackers   []string // filled in by run: those this kernel runs
 	runFor     time.Duration
 	faultPages int
 	// reps is how many times the checkpoint-and-restore and program sections
@@ -44,14 +47,13 @@ type plan struct {
 }
 
 var (
-	quickPlan = plan{storeMiB: 64, openM: []int{1}, sizes: []int{64, 256}, rwMiB: 64, mixMiB: 64,
-		shares: []float64{0.1, 1, 10, 50}, trackers: []string{"uffd-wp", "scan"},
-		runFor: 3500 * time.Millisecond, faultPages: 4096, reps: 1}
+	quickPlan = plan{storeMiB: 64, openM: []int{1}, sizes: []int{64, 256}, rwMiB: 64,
+		mixMiB: 64, shares: []float64{0.1, 1, 10, 50}, runFor: 3500 * time.Millisecond,
+		faultPages: 4096, reps: 1}
 	fullPlan = plan{storeMiB: 512, openM: []int{1, 10},
 		sizes: []int{64, 256, 1024, 4096}, rwMiB: 1024, mixMiB: 1024,
-		shares: []float64{0.1, 1, 10, 50}, trackers: []string{"uffd-wp", "scan"},
-		// The first, full checkpoint of 1 GiB takes about 9 s here; the
-		// increments after it are what is measured.
+		shares: []float64{0.1, 1, 10, 50},
+		// Periodic runs last this long after their first, full checkpoint.
 		runFor: 20 * time.Second, faultPages: 65536, reps: 3}
 )
 
@@ -80,14 +82,24 @@ func run(quick bool, dir string) error {
 	if quick {
 		p = quickPlan
 	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	// The go build runs in the module root: a relative folder must not mean
+	// two places.
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := stopOnSignal(dir); err != nil {
+	unlock, err := lockDir(dir)
+	if err != nil {
 		return err
 	}
-	root, err := moduleRoot()
-	if err != nil {
+	defer unlock()
+	if err := stopOnSignal(dir); err != nil {
 		return err
 	}
 	e, err := build(root, dir)
@@ -95,6 +107,11 @@ func run(quick bool, dir string) error {
 		return err
 	}
 	res := &Results{Quick: quick, Machine: machine(), Series: map[string][]Point{}}
+	var trackerNote string
+	p.trackers, trackerNote = workingTrackers()
+	if trackerNote != "" {
+		res.Notes = append(res.Notes, trackerNote)
+	}
 	var failed []string
 
 	step := func(name string, f func() error) error {
@@ -153,11 +170,8 @@ func run(quick bool, dir string) error {
 			if err != nil {
 				return err
 			}
-			if err := benchPeriodic(res, e, p.rwMiB, 1, p.runFor, alone); err != nil {
-				return err
-			}
-			return benchRewritten(res, e, p.rwMiB, p.shares, p.trackers, p.runFor,
-				alone.naive)
+			return errors.Join(benchPeriodic(res, e, p.rwMiB, 1, p.runFor, alone),
+				benchRewritten(res, e, p.rwMiB, p.shares, p.trackers, p.runFor, alone.naive))
 		}},
 	}
 	// A step that fails is recorded and the others still run, so that the
@@ -175,22 +189,33 @@ func run(quick bool, dir string) error {
 			"uncompressed write, SIGCONT, fsync; naive restore = reading that file back "+
 			"from the page cache (no process is rebuilt)",
 		"store open: baseline = reading the same index files without parsing them; "+
-			"index bytes/page: baseline = the index's bytes on disk per page",
+			"index heap bytes/page: the index in memory once open, baseline = the index's "+
+			"bytes on disk per page",
+		"store growth per checkpoint: the store's size after the run less its size "+
+			"after the first (full) checkpoint, over the checkpoints after the first; "+
+			"baseline = mean pages copied per checkpoint × the mean size of one of the "+
+			"workload's pages zstd-compressed alone (the compressed dirty bytes)",
+		"periodic: throughput counted only after the first, full checkpoint; the run "+
+			"alone is measured just before each interval's run",
 		"fault latency (any cpu, same cpu): in-process lazy server on bench's own memory "+
 			"(one page per fault, no prefetch); baseline = first touch of plain anonymous "+
 			"memory",
 		"fault latency (restored process): memfill, restored lazily without prefetch, "+
 			"times its first read of every 32nd page; baseline = the same reads of fresh "+
 			"anonymous memory in the same process",
-		"lazy all in, no prefetch = to_run + trigger to memfill's OK (its verify "+
-			"touches every page and includes memfill's own checking work)",
+		"lazy all in: from starting cryo restore until it logs every page in; lazy "+
+			"verified: until memfill, triggered as soon as it runs, has checked every page "+
+			"(without prefetch, its reads are what brings the pages in)",
 		fmt.Sprintf("total bench time %.0fs", time.Since(start).Seconds()))
 
 	markTargets(res)
-	for _, m := range missingFigures(res) {
+	for _, m := range missingFigures(res, requiredFigures(p)) {
 		failed = append(failed, "figure missing: "+m)
 	}
 	for _, f := range failed {
+		if len(f) > 400 {
+			f = f[:400] + " …"
+		}
 		res.Notes = append(res.Notes, "FAILED "+f)
 	}
 
@@ -211,42 +236,109 @@ func run(quick bool, dir string) error {
 	return nil
 }
 
-// required lists, by the start of their names, the figures issue 5 asks for;
-// a run without one of them fails.
-var required = []string{
-	"ingest zero", "ingest text", "ingest random", "ingest mixed", "dedup ratio",
-	"compression ratio", "open 1M pages", "index bytes/page 1M",
-	"wall ", "stopped ", "stopped incr uffd-wp", "stopped incr scan",
-	"slowdown every 1s", "slowdown every 100ms", "store growth per checkpoint",
-	"eager GB/s", "lazy to run", "fault p50", "fault p99 ", "fault p99.9",
-	"lazy all in, prefetch", "lazy all in, no prefetch", "fault p50 restored process",
-	"stored/size", "checkpoint stopped fdholder", "checkpoint stopped python3",
-	"lazy to run python3",
-}
-
-// missingFigures returns the entries of required that no figure of res
-// starts with.
-func missingFigures(res *Results) []string {
-	var missing []string
-	for _, r := range required {
-		found := false
-		for _, f := range res.Figures {
-			if strings.HasPrefix(f.Name, r) {
-				found = true
-				break
+// requiredFigures names every figure a run of plan p must produce (issue 5's
+// list, at this plan's sizes); a run without one of them fails.
+func requiredFigures(p plan) []string {
+	var req []string
+	for _, k := range fillKinds {
+		req = append(req, "ingest "+k, "stored bytes "+k)
+	}
+	req = append(req, "compression ratio text", "compression ratio random",
+		"compression ratio mixed", "dedup ratio mixed", "dedup ratio dup50")
+	for _, m := range p.openM {
+		req = append(req, fmt.Sprintf("open %dM pages", m),
+			fmt.Sprintf("index heap bytes/page %dM", m))
+	}
+	for _, s := range p.sizes {
+		for _, f := range []string{"wall", "stopped", "stored", "eager", "eager GB/s",
+			"lazy to run", "lazy all in, prefetch", "lazy verified, prefetch",
+			"lazy all in, no prefetch", "lazy verified, no prefetch",
+			"fault p50 restored process", "fault p99 restored process",
+			"fault p99.9 restored process"} {
+			req = append(req, fmt.Sprintf("%s %d MiB", f, s))
+		}
+	}
+	req = append(req, fmt.Sprintf("stored/size %d MiB target mix", p.mixMiB))
+	for _, prog := range []string{"fdholder", "python3"} {
+		for _, f := range []string{"checkpoint wall", "checkpoint stopped", "stored",
+			"lazy to run", "lazy all in"} {
+			req = append(req, f+" "+prog)
+		}
+	}
+	for _, c := range []string{"any cpu", "same cpu"} {
+		for _, q := range []string{"p50", "p99", "p99.9"} {
+			req = append(req, fmt.Sprintf("fault %s %s", q, c))
+		}
+	}
+	for _, iv := range []string{"1s", "100ms"} {
+		name := fmt.Sprintf("every %s, %d MiB 1%%/s", iv, p.rwMiB)
+		for _, f := range []string{"checks/s", "slowdown", "stopped median",
+			"checkpoints/s"} {
+			req = append(req, f+" "+name)
+		}
+	}
+	req = append(req, fmt.Sprintf("store growth per checkpoint every 1s, %d MiB 1%%/s",
+		p.rwMiB))
+	for _, tr := range p.trackers {
+		for _, pct := range p.shares {
+			for _, f := range []string{"stopped incr", "wall incr", "stored incr"} {
+				req = append(req, fmt.Sprintf("%s %s %g%%/s %d MiB", f, tr, pct, p.rwMiB))
 			}
 		}
-		if !found {
+	}
+	return req
+}
+
+// missingFigures returns the names of req that no figure of res has.
+func missingFigures(res *Results, req []string) []string {
+	have := map[string]bool{}
+	for _, f := range res.Figures {
+		have[f.Name] = true
+	}
+	var missing []string
+	for _, r := range req {
+		if !have[r] {
 			missing = append(missing, r)
 		}
 	}
 	return missing
 }
 
-// add appends a figure and its ratio to the baseline.
+// workingTrackers returns the dirty-page trackers this kernel runs, scan
+// always among them, and a note naming those it does not run and why.
+func workingTrackers() ([]string, string) {
+	var ok, not []string
+	for _, k := range []string{track.KindUffdWP, track.KindSoftDirty} {
+		if err := track.Probe(k); err != nil {
+			not = append(not, fmt.Sprintf("%s (%v)", k, err))
+			continue
+		}
+		ok = append(ok, k)
+	}
+	ok = append(ok, "scan")
+	if len(not) == 0 {
+		return ok, ""
+	}
+	return ok, "trackers this kernel does not run, so not measured: " + strings.Join(not, "; ")
+}
+
+// add appends a figure, its naive-copy baseline and their ratio.
 func add(res *Results, group, name, unit string, v, baseline float64) {
-	f := Figure{Group: group, Name: name, Unit: unit, Value: v, Baseline: baseline}
-	if baseline != 0 && !math.IsInf(v/baseline, 0) {
+	addVs(res, group, name, unit, v, baseline, "naive copy")
+}
+
+// addVs appends a figure, its baseline (named by vs) and their ratio. A value
+// that is not a number (a division by a zero count) is left out, with a note.
+func addVs(res *Results, group, name, unit string, v, baseline float64, vs string) {
+	if math.IsNaN(v) || math.IsInf(v, 0) || math.IsNaN(baseline) || math.IsInf(baseline, 0) {
+		res.Notes = append(res.Notes, fmt.Sprintf("left out %s %s: value %v, baseline %v",
+			group, name, v, baseline))
+		return
+	}
+	f := Figure{Group: group, Name: name, Unit: unit, Value: v, Baseline: baseline,
+		HigherBetter: unit == "GB/s" || unit == "MB/s" || unit == "1/s" || unit == "x"}
+	if baseline != 0 {
+		f.Versus = vs
 		f.Ratio = v / baseline
 	}
 	res.Figures = append(res.Figures, f)
@@ -256,11 +348,14 @@ func printTable(res *Results) {
 	m := res.Machine
 	fmt.Printf("machine: %s, %d cores, kernel %s, %s\n\n", m.CPU, m.Cores, m.Kernel, m.Go)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "group\tfigure\tvalue\tunit\tnaive\tcryo/naive\truns\ttarget\t")
+	fmt.Fprintln(tw, "group\tfigure\tvalue\tunit\tbaseline\tcryo/baseline\truns\ttarget\t"+
+		"baseline is\t")
 	for _, f := range res.Figures {
 		base, ratio := "-", "-"
 		if f.Baseline != 0 {
 			base = num(f.Baseline)
+		}
+		if f.Ratio != 0 {
 			ratio = strconv.FormatFloat(f.Ratio, 'f', 3, 64)
 		}
 		runs := "1"
@@ -271,8 +366,8 @@ func printTable(res *Results) {
 		if f.Target != "" {
 			tgt = f.Target + map[bool]string{true: " met", false: " MISSED"}[f.Met]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name, num(f.Value),
-			f.Unit, base, ratio, runs, tgt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name,
+			num(f.Value), f.Unit, base, ratio, runs, tgt, f.Versus)
 	}
 	tw.Flush()
 	fmt.Println()
@@ -290,6 +385,25 @@ func num(v float64) string {
 	default:
 		return strconv.FormatFloat(v, 'g', 3, 64)
 	}
+}
+
+// lockDir takes an exclusive lock on dir/.bench.lock, so that two runs do not
+// remove each other's stores, and returns its release.
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, ".bench.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock output folder: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		return nil, fmt.Errorf("output folder %s is in use by another bench run (pid %s): "+
+			"choose another -out", dir, strings.TrimSpace(string(holder)))
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return func() { f.Close() }, nil
 }
 
 // build compiles cryo and the workloads into dir.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -23,7 +24,14 @@ type rewriterRun struct {
 	// firstBytes and storeBytes are the size of every file in the store after
 	// the first checkpoint and after the run.
 	firstBytes, storeBytes int64
-	naive      naiveResult // a naive copy taken mid-run (alone runs only)
+	naive                  naiveResult // a naive copy taken mid-run (alone runs only)
+	// from is when the first, full checkpoint ended (bench's start of the run
+	// for the other kinds); window is from then until the trigger.
+	from   time.Time
+	window time.Duration
+	until  time.Time // when the trigger ended the run
+	// increments counts the checkpoints that ended between from and until.
+	increments int
 	// pageZstd is the mean size of one of the process's pages compressed
 	// on its own as the store compresses it (alone runs only).
 	pageZstd float64
@@ -36,7 +44,7 @@ type rewriterRun struct {
 // page.
 func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 	tracker string, runFor time.Duration) (rewriterRun, error) {
-	var rr rewriterRun
+	rr := rewriterRun{from: time.Now()}
 	trig := trigger(filepath.Join(e.dir, "trigger-rw"))
 	trig.reset()
 	defer trig.reset()
@@ -58,8 +66,7 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 		return rr, err
 	}
 	if _, err := p.stdout.waitFor("ready", 60*time.Second); err != nil {
-		p.kill()
-		return rr, fmt.Errorf("rewriter: %w", err)
+		return rr, p.failed(fmt.Errorf("rewriter: %w", err))
 	}
 	switch {
 	case interval < 0:
@@ -97,30 +104,33 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 		}
 		time.Sleep(runFor / 2)
 	default:
-		// At least three checkpoints, however slow the machine: the first
-		// is full, and the increments after it are what is measured.
-		end := time.Now().Add(runFor)
-		for i := range 3 {
+		// The first checkpoint is full; the increments after it are what is
+		// measured, for runFor and at least two of them, however slow the
+		// machine.
+		first, err := p.stderr.waitFor("checkpoint done", 2*time.Minute)
+		if err != nil {
+			return rr, p.failed(fmt.Errorf("cryo run --interval %v: %w", interval, err))
+		}
+		rr.from = first.at
+		if rr.firstBytes, err = treeBytes(store); err != nil {
+			p.kill()
+			return rr, err
+		}
+		for range 2 {
 			if _, err := p.stderr.waitFor("checkpoint done", 2*time.Minute); err != nil {
-				p.kill()
-				return rr, fmt.Errorf("cryo run --interval %v: %w", interval, err)
-			}
-			if i == 0 {
-				// The store as the first, full checkpoint left it.
-				if rr.firstBytes, err = treeBytes(store); err != nil {
-					p.kill()
-					return rr, err
-				}
+				return rr, p.failed(fmt.Errorf("cryo run --interval %v: %w", interval, err))
 			}
 		}
-		time.Sleep(time.Until(end))
+		time.Sleep(time.Until(first.at.Add(runFor)))
 	}
+	rr.window = time.Since(rr.from)
+	rr.until = time.Now()
 	trig.fire()
 	if _, err := p.stdout.waitFor("verify ok", 60*time.Second); err != nil {
 		p.kill()
 		return rr, fmt.Errorf("rewriter did not verify: %w", err)
 	}
-	if err := p.wait(); err != nil {
+	if err := p.wait(2 * time.Minute); err != nil {
 		return rr, fmt.Errorf("rewriter run: %w: %s", err, p.stderr.tail())
 	}
 
@@ -128,8 +138,9 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 	for _, l := range p.stdout.all {
 		var r, c float64
 		if _, err := fmt.Sscanf(l.text, "rate %f checks %f", &r, &c); err == nil {
-			// The first second includes the start of the schedule.
-			if rates++; rates > 1 {
+			// The first second includes the start of the schedule; under cryo
+			// run, only the seconds after the first, full checkpoint count.
+			if rates++; rates > 1 && l.at.After(rr.from) {
 				rr.checks = append(rr.checks, c)
 			}
 		}
@@ -143,8 +154,14 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		s, _ := strconv.ParseInt(field(l.text, "stored_bytes"), 10, 64)
-		c, _ := strconv.ParseInt(field(l.text, "copied"), 10, 64)
+		s, err1 := intField(l.text, "stored_bytes")
+		c, err2 := intField(l.text, "copied")
+		if err1 != nil || err2 != nil {
+			return rr, errors.Join(err1, err2)
+		}
+		if l.at.After(rr.from) && l.at.Before(rr.until) {
+			rr.increments++
+		}
 		rr.frozen = append(rr.frozen, f)
 		rr.total = append(rr.total, t)
 		rr.stored = append(rr.stored, s)
@@ -164,19 +181,23 @@ func runRewriter(e *env, sizeMiB int, pct float64, interval time.Duration,
 }
 
 // benchRewritten measures incremental checkpoints of a rewriter of sizeMiB
-// at each share rewritten per second, one checkpoint a second, per tracker.
+// at each share rewritten per second, one checkpoint a second, per tracker. A
+// tracker or share that fails is recorded and the others still run; the
+// failures come back joined.
 func benchRewritten(res *Results, e *env, sizeMiB int, shares []float64,
 	trackers []string, runFor time.Duration, naive naiveResult) error {
+	var errs []error
 	for _, tr := range trackers {
 		key := "stopped_vs_rewritten/" + tr
 		for _, pct := range shares {
+			name := fmt.Sprintf("%s %g%%/s %d MiB", tr, pct, sizeMiB)
 			rr, err := runRewriter(e, sizeMiB, pct, time.Second, tr, runFor)
 			if err != nil {
-				return err
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				continue
 			}
 			frozen := median(rr.frozen[1:])
 			total := median(rr.total[1:])
-			name := fmt.Sprintf("%s %g%%/s %d MiB", tr, pct, sizeMiB)
 			add(res, "checkpoint", "stopped incr "+name, "ms", ms(frozen), ms(naive.stopped))
 			add(res, "checkpoint", "wall incr "+name, "ms", ms(total), ms(naive.wall))
 			add(res, "checkpoint", "stored incr "+name, "MiB",
@@ -184,30 +205,50 @@ func benchRewritten(res *Results, e *env, sizeMiB int, shares []float64,
 			res.Series[key] = append(res.Series[key], Point{X: pct, Y: ms(frozen)})
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// benchPeriodic measures the rewriter's own throughput alone and under cryo
-// run at 1 and 10 checkpoints a second, and records store growth.
+// benchPeriodic measures the rewriter's own throughput under cryo run at 1
+// and 10 checkpoints a second, each beside a run alone just before it and a
+// run under naive copies at the same interval, and records store growth.
 func benchPeriodic(res *Results, e *env, sizeMiB int, pct float64,
-	runFor time.Duration, alone rewriterRun) error {
-	base := mean(alone.checks)
-	for _, iv := range []time.Duration{time.Second, 100 * time.Millisecond} {
+	runFor time.Duration, first rewriterRun) error {
+	var errs []error
+	for k, iv := range []time.Duration{time.Second, 100 * time.Millisecond} {
+		name := fmt.Sprintf("every %v, %d MiB %g%%/s", iv, sizeMiB, pct)
+		alone := first
+		if k > 0 {
+			var err error
+			if alone, err = runRewriter(e, sizeMiB, pct, 0, "", runFor); err != nil {
+				errs = append(errs, fmt.Errorf("%s, alone: %w", name, err))
+				continue
+			}
+		}
 		rr, err := runRewriter(e, sizeMiB, pct, iv, "auto", runFor)
 		if err != nil {
-			return err
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
 		}
 		nv, err := runRewriter(e, sizeMiB, pct, -iv, "", runFor)
 		if err != nil {
-			return fmt.Errorf("naive periodic copy every %v: %w", iv, err)
+			errs = append(errs, fmt.Errorf("%s, naive copies: %w", name, err))
+			continue
 		}
-		got, naive := mean(rr.checks), mean(nv.checks)
-		name := fmt.Sprintf("every %v, %d MiB %g%%/s", iv, sizeMiB, pct)
-		add(res, "periodic", "checks/s alone "+name, "1/s", base, 0)
-		add(res, "periodic", "checks/s "+name, "1/s", got, naive)
-		add(res, "periodic", "slowdown "+name, "%", 100*(1-got/base), 100*(1-naive/base))
+		base, got, naive := mean(alone.checks), mean(rr.checks), mean(nv.checks)
+		addVs(res, "periodic", "checks/s "+name, "1/s", got, base, "alone")
+		addVs(res, "periodic", "checks/s under naive copies "+name, "1/s", naive, base,
+			"alone")
+		// A slowdown is a difference: its baseline is the naive copies'
+		// slowdown, and a ratio of the two would mean nothing.
+		res.Figures = append(res.Figures, Figure{Group: "periodic", Name: "slowdown " + name,
+			Unit: "%", Value: 100 * (1 - got/base), Baseline: 100 * (1 - naive/base),
+			Versus: "naive copies' slowdown"})
 		add(res, "periodic", "stopped median "+name, "ms", ms(median(rr.frozen[1:])),
 			ms(median(nv.frozen)))
+		// Checkpoints after the first, full one, over the time they had.
+		rate := float64(rr.increments) / rr.window.Seconds()
+		addVs(res, "periodic", "checkpoints/s "+name, "1/s", rate, float64(time.Second)/
+			float64(iv), "the interval asked for")
 		if iv == time.Second {
 			// Store growth per incremental checkpoint, every file counted
 			// (packs, indexes, manifests), beside the dirty pages compressed
@@ -218,13 +259,8 @@ func benchPeriodic(res *Results, e *env, sizeMiB int, pct float64,
 				copied += c
 			}
 			dirty := float64(copied) / float64(len(rr.copied)-1) * alone.pageZstd
-			add(res, "periodic", "store growth per checkpoint "+name, "KiB", growth/1024,
-				dirty/1024)
-			res.Notes = append(res.Notes, "store growth per checkpoint: the store's size "+
-				"after the run less its size after the first (full) checkpoint, over the "+
-				"checkpoints after the first; baseline = mean pages copied per checkpoint × "+
-				"the mean size of one of the workload's pages zstd-compressed alone (the "+
-				"compressed dirty bytes)")
+			addVs(res, "periodic", "store growth per checkpoint "+name, "KiB", growth/1024,
+				dirty/1024, "compressed dirty bytes")
 		}
 		if iv == 100*time.Millisecond {
 			var sum int64
@@ -234,10 +270,10 @@ func benchPeriodic(res *Results, e *env, sizeMiB int, pct float64,
 					Point{X: float64(i + 1), Y: mib(sum)})
 			}
 			add(res, "periodic", fmt.Sprintf("store after %d checkpoints", len(rr.stored)),
-				"MiB", mib(sum), mib(alone.naive.bytes)*float64(len(rr.stored)))
+				"MiB", mib(rr.storeBytes), mib(alone.naive.bytes)*float64(len(rr.stored)))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -6,9 +6,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // line is one line of output and when bench read it.
@@ -109,19 +113,62 @@ func startEnv(env []string, name string, args ...string) (*proc, error) {
 	return &proc{cmd: cmd, stdout: newLineReader(out), stderr: newLineReader(errp)}, nil
 }
 
-// kill sends SIGKILL and reaps the process, so that its pid is free again.
+// kill sends SIGKILL to the process and to every process below it (a cryo run
+// reaper and its program, a process restored by cryo restore), then reads
+// both streams to their end and reaps it, so that its pid is free again. A
+// stream still held open by a process that escaped is given up on after a
+// few seconds rather than waited for.
 func (p *proc) kill() {
+	pid := p.cmd.Process.Pid
+	below := descendants(pid)
 	p.cmd.Process.Kill()
-	p.stdout.drain()
-	p.stderr.drain()
+	for _, d := range below {
+		unix.Kill(d, unix.SIGKILL)
+	}
+	p.drainFor(5 * time.Second)
 	p.cmd.Wait()
 }
 
-// wait reads both streams to their end and reaps the process.
-func (p *proc) wait() error {
-	p.stdout.drain()
-	p.stderr.drain()
-	return p.cmd.Wait()
+// wait reads both streams to their end and reaps the process. A process that
+// has not ended after timeout is killed, with everything below it.
+func (p *proc) wait(timeout time.Duration) error {
+	done := make(chan struct{})
+	go func() {
+		p.stdout.drain()
+		p.stderr.drain()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return p.cmd.Wait()
+	case <-time.After(timeout):
+		p.kill()
+		<-done
+		return fmt.Errorf("%s did not end within %v: killed", filepath.Base(p.cmd.Path),
+			timeout)
+	}
+}
+
+// drainFor reads both streams until they end or d passes.
+func (p *proc) drainFor(d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		p.stdout.drain()
+		p.stderr.drain()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// failed kills the process and returns err with what it last wrote to stderr
+// and how it ended, for a workload that did not do what bench waited for.
+func (p *proc) failed(err error) error {
+	p.kill()
+	return fmt.Errorf("%w (%s %v; stderr: %s)", err, filepath.Base(p.cmd.Path),
+		p.cmd.ProcessState, p.stderr.tail())
 }
 
 var fieldRE = map[string]*regexp.Regexp{}
@@ -148,6 +195,15 @@ func durField(text, key string) (time.Duration, error) {
 		return 0, fmt.Errorf("field %s of %q: %w", key, text, err)
 	}
 	return d, nil
+}
+
+// intField parses an integer field of a slog line.
+func intField(text, key string) (int64, error) {
+	v, err := strconv.ParseInt(field(text, key), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("field %s of %q: %w", key, text, err)
+	}
+	return v, nil
 }
 
 // trigger is a file whose existence tells a workload to verify and exit.

@@ -92,8 +92,7 @@ func benchProgram(res *Results, e *env, prog program) error {
 		return err
 	}
 	if err := prog.ready(w); err != nil {
-		w.kill()
-		return fmt.Errorf("%s before checkpoint: %w", prog.name, err)
+		return w.failed(fmt.Errorf("%s before checkpoint: %w", prog.name, err))
 	}
 	pid := w.cmd.Process.Pid
 
@@ -115,6 +114,7 @@ func benchProgram(res *Results, e *env, prog program) error {
 		return err
 	}
 
+	t0 := time.Now()
 	p, err := start(e.cryo, e.cryoArgs(store, "restore", ck.id)...)
 	if err != nil {
 		return err
@@ -134,13 +134,13 @@ func benchProgram(res *Results, e *env, prog program) error {
 		return fmt.Errorf("%s after restore: %w; cryo said: %s", prog.name, err,
 			p.stderr.tail())
 	}
-	if err := p.wait(); err != nil {
+	if err := p.wait(prog.timeout); err != nil {
 		return fmt.Errorf("cryo restore %s: %w: %s", prog.name, err, p.stderr.tail())
 	}
 	var allIn time.Duration
 	for _, l := range p.stderr.all {
 		if strings.Contains(l.text, "lazy restore done") {
-			allIn, _ = durField(l.text, "duration")
+			allIn = l.at.Sub(t0)
 		}
 	}
 
@@ -148,9 +148,11 @@ func benchProgram(res *Results, e *env, prog program) error {
 	add(res, "program", "checkpoint stopped "+prog.name, "ms", ms(ck.frozen), ms(nv.stopped))
 	add(res, "program", "stored "+prog.name, "MiB", mib(ck.stored), mib(nv.bytes))
 	add(res, "program", "lazy to run "+prog.name, "ms", ms(toRun), ms(readBack))
-	if allIn > 0 {
-		add(res, "program", "lazy all in "+prog.name, "ms", ms(allIn), ms(readBack))
+	if allIn == 0 {
+		return fmt.Errorf("cryo restore of %s logged no \"lazy restore done\": %s", prog.name,
+			p.stderr.tail())
 	}
+	add(res, "program", "lazy all in "+prog.name, "ms", ms(allIn), ms(readBack))
 	return nil
 }
 

@@ -15,12 +15,18 @@ import (
 // its own), the series of the last run and the notes of all of them.
 func repeat(res *Results, n int, f func(r *Results) error) error {
 	var runs []*Results
+	var failed error
 	for i := range max(n, 1) {
 		r := &Results{Series: map[string][]Point{}}
 		if err := f(r); err != nil {
-			return fmt.Errorf("repetition %d of %d: %w", i+1, n, err)
+			// The repetitions that worked still give their figures.
+			failed = fmt.Errorf("repetition %d of %d: %w", i+1, n, err)
+			break
 		}
 		runs = append(runs, r)
+	}
+	if len(runs) == 0 {
+		return failed
 	}
 
 	for i, fig := range runs[0].Figures {
@@ -31,7 +37,7 @@ func repeat(res *Results, n int, f func(r *Results) error) error {
 				bases = append(bases, r.Figures[i].Baseline)
 			}
 		}
-		add(res, fig.Group, fig.Name, fig.Unit, medianF(vals), medianF(bases))
+		addVs(res, fig.Group, fig.Name, fig.Unit, medianF(vals), medianF(bases), fig.Versus)
 		res.Figures[len(res.Figures)-1].Runs = len(vals)
 	}
 	last := runs[len(runs)-1]
@@ -41,7 +47,7 @@ func repeat(res *Results, n int, f func(r *Results) error) error {
 	for _, r := range runs {
 		res.Notes = append(res.Notes, r.Notes...)
 	}
-	return nil
+	return failed
 }
 
 // medianF is the median of v (the mean of the middle two for an even count).

@@ -65,6 +65,7 @@ type reportRow struct {
 	Group, Name, Unit      string
 	Value, Baseline, Ratio string
 	Runs                   int
+	Versus                 string
 	Target                 string
 	HasBaseline, Better    bool
 	RatioTitle             string
@@ -79,14 +80,17 @@ func newReportRow(f Figure) reportRow {
 		row.Target = f.Target + map[bool]string{true: " met", false: " missed"}[f.Met]
 	}
 	if f.Baseline != 0 {
-		row.HasBaseline = true
 		row.Baseline = reportNum(f.Baseline)
-		ratio := f.Ratio
-		if ratio == 0 {
-			ratio = f.Value / f.Baseline
+		row.Versus = f.Versus
+	}
+	if f.Ratio != 0 {
+		row.HasBaseline = true
+		row.Ratio = strconv.FormatFloat(f.Ratio, 'f', 3, 64)
+		row.RatioTitle = "cryo / " + f.Versus
+		if f.HigherBetter {
+			row.RatioTitle += " (higher is better)"
 		}
-		row.Ratio = strconv.FormatFloat(ratio, 'f', 3, 64)
-		row.RatioTitle = "cryo / naive full copy"
+		row.Better = f.Ratio > 1 == f.HigherBetter && f.Ratio != 1
 	}
 	return row
 }
@@ -184,10 +188,11 @@ func svgLatencyPlot(pts []Point) svgPlot {
 		[]svgSeries{{"faults", pts}})
 }
 
-// svgGrowthPlot draws the store size after each periodic checkpoint.
+// svgGrowthPlot draws the bytes appended to packs by the periodic checkpoints so
+// far, after each one.
 func svgGrowthPlot(pts []Point) svgPlot {
 	return svgLayout("plot-growth", "Store growth over periodic checkpoints",
-		"checkpoint", "store size (MiB)", false, []svgSeries{{"store", pts}})
+		"checkpoint", "appended to packs (MiB)", false, []svgSeries{{"store", pts}})
 }
 
 type svgSeries struct {

@@ -24,9 +24,9 @@ func sampleResults() *Results {
 		},
 		Figures: []Figure{
 			{Group: "store", Name: "ingest random", Unit: "GB/s", Value: 1.234, Baseline: 2.5,
-				Ratio: 1.234 / 2.5},
+				Ratio: 1.234 / 2.5, Versus: "naive copy", HigherBetter: true},
 			{Group: "checkpoint", Name: "stopped 1 GiB 1%", Unit: "ms", Value: 12.5,
-				Baseline: 410, Ratio: 12.5 / 410},
+				Baseline: 410, Ratio: 12.5 / 410, Versus: "naive copy"},
 			{Group: "restore", Name: "fault latency p99 <lazy>", Unit: "µs", Value: 87},
 		},
 		Series: map[string][]Point{},
@@ -90,9 +90,11 @@ func TestReportRendersInChromium(t *testing.T) {
 	}
 	want := []string{
 		"<td>ingest random</td><td class=\"num\">1.234</td><td>GB/s</td>" +
-			"<td class=\"num\">2.500</td><td class=\"num\" title=\"cryo / naive full copy\">0.494</td>",
+			"<td class=\"num\">2.500</td><td class=\"num\" title=\"cryo / naive copy (higher is " +
+			"better)\">0.494</td><td>naive copy</td>",
 		"<td>stopped 1 GiB 1%</td><td class=\"num\">12.50</td><td>ms</td>" +
-			"<td class=\"num\">410.0</td><td class=\"num\" title=\"cryo / naive full copy\">0.030</td>",
+			"<td class=\"num\">410.0</td><td class=\"num better\" title=\"cryo / naive copy\">" +
+			"0.030</td><td>naive copy</td>",
 		"<td>fault latency p99 &lt;lazy&gt;</td><td class=\"num\">87.00</td><td>µs</td>" +
 			"<td class=\"num\">—</td><td class=\"num\">—</td>",
 	}

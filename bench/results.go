@@ -32,9 +32,14 @@ type Figure struct {
 	Name  string  `json:"name"`
 	Unit  string  `json:"unit"`
 	Value float64 `json:"value"`
-	// Baseline is the naive full copy's figure for the same quantity; 0 means
-	// there is none.
+	// Baseline is the figure of the baseline named by Versus, measured in the
+	// same run; 0 means there is none.
 	Baseline float64 `json:"baseline"`
+	// Versus names the baseline: "naive copy" unless said otherwise.
+	Versus string `json:"versus,omitempty"`
+	// HigherBetter is true for figures where more is better (throughputs,
+	// ratios of compression): there a Ratio above 1 favours cryo.
+	HigherBetter bool `json:"higher_better,omitempty"`
 	// Ratio is Value/Baseline, or 0 when there is no baseline.
 	Ratio float64 `json:"ratio"`
 	// Target is issue 9's target for this figure, as "≤ 6" (on Value) or

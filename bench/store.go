@@ -108,12 +108,12 @@ func benchStore(res *Results, dir string, sizeMiB int) error {
 		if st.NewPages > 0 && kind != "dup50" {
 			// compression alone: bytes of the new pages over bytes stored.
 			// The naive copy compresses nothing: its ratio is 1.
-			add(res, "store", "compression ratio "+kind, "x",
-				float64(st.NewPages*pageSize)/float64(st.StoredBytes), 1)
+			addVs(res, "store", "compression ratio "+kind, "x",
+				float64(st.NewPages*pageSize)/float64(st.StoredBytes), 1, "no compression")
 		}
 		if kind == "dup50" || kind == "mixed" {
-			add(res, "store", "dedup ratio "+kind, "x",
-				float64(nonzero)/float64(max(1, st.NewPages)), 1)
+			addVs(res, "store", "dedup ratio "+kind, "x",
+				float64(nonzero)/float64(max(1, st.NewPages)), 1, "no deduplication")
 		}
 	}
 	return nil
@@ -160,8 +160,10 @@ func benchOpen(res *Results, root string, millions []int) error {
 		disk, _ := strconv.ParseFloat(string(sm[3]), 64)
 		bpp, _ := strconv.ParseFloat(string(sm[4]), 64)
 		readNs, _ := strconv.ParseFloat(string(sm[5]), 64)
-		add(res, "store", fmt.Sprintf("open %dM pages", m), "ms", ns/1e6, readNs/1e6)
-		add(res, "store", fmt.Sprintf("index bytes/page %dM", m), "B", bpp, disk)
+		addVs(res, "store", fmt.Sprintf("open %dM pages", m), "ms", ns/1e6, readNs/1e6,
+			"reading the index files")
+		addVs(res, "store", fmt.Sprintf("index heap bytes/page %dM", m), "B", bpp, disk,
+			"the index on disk")
 	}
 	return nil
 }

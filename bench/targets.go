@@ -22,10 +22,10 @@ var targets = []target{
 	{name: "lazy to run 1024 MiB", max: 10},
 	{name: "lazy all in, prefetch 1024 MiB", max: 400},
 	{name: "eager 1024 MiB", max: 400},
-	{name: "fault p50 any cpu", max: 15},
-	{name: "fault p99 any cpu", max: 100},
+	{name: "fault p50 restored process 1024 MiB", max: 15},
+	{name: "fault p99 restored process 1024 MiB", max: 100},
 	{name: "open 10M pages", max: 1000},
-	{name: "index bytes/page 10M", max: 64},
+	{name: "index heap bytes/page 10M", max: 64},
 }
 
 // markTargets sets Target and Met on the figures that have a target.
