@@ -47,6 +47,10 @@ type RestoreOptions struct {
 
 	// Metrics, when set, records the restore.
 	Metrics *Metrics
+
+	// order is the snapshot's recorded working set (see workingset.go), which
+	// a lazy restore prefetches first.
+	order []uint64
 }
 
 // Restored is a process that Restore rebuilt and set running.
@@ -63,6 +67,7 @@ type Restored struct {
 	server *lazy.Server
 	cancel context.CancelFunc
 	snap   *pagestore.Snapshot
+	store  *pagestore.Store
 	start  time.Time
 	log    *slog.Logger
 
@@ -117,6 +122,10 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 		return nil, fmt.Errorf("restore snapshot %s: %w", id, err)
 	}
 
+	if !opts.Eager && !opts.NoPrefetch {
+		opts.order = loadWorkingSet(store, id)
+	}
+
 	for i, f := range opts.Stdio {
 		if f == nil {
 			opts.Stdio[i] = []*os.File{os.Stdin, os.Stdout, os.Stderr}[i]
@@ -147,6 +156,7 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 	r := res.r
 	r.Snapshot = id
 	r.snap = snap
+	r.store = store
 	r.start = start
 	r.ToRun = time.Since(start)
 	if opts.Metrics != nil {
@@ -181,6 +191,11 @@ func (r *Restored) Serve(ctx context.Context) error {
 		r.log.Info("page server done", "pid", r.Pid, "since_start", time.Since(r.start),
 			"faults", st.Faults, "fault_pages", st.FaultPages,
 			"prefetched", st.PrefetchPages, "err", r.serveErr)
+		if r.serveErr == nil && st.Faults > 0 {
+			if err := saveWorkingSet(r.store, r.Snapshot, r.server.Touched()); err != nil {
+				r.log.Warn("working set not recorded", "snapshot", r.Snapshot, "err", err)
+			}
+		}
 		r.snap.Close()
 	})
 	return r.serveErr
@@ -911,6 +926,7 @@ func startPageServer(t *remote.Task, im *image.Image, snap *pagestore.Snapshot, 
 		Prefetch: !opts.NoPrefetch,
 		Metrics:  opts.LazyMetrics,
 		Around:   16,
+		Order:    opts.order,
 		Pid:      pid,
 		OnFatal: func(err error) {
 			// Wrong or missing memory must never run: end the process.

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -98,6 +100,13 @@ func TestMemfill512(t *testing.T) {
 			t.Logf("timing: lazy restore of 512 MiB: every page in after %v", ran+allIn)
 			touch(t, m.trigger)
 			m.checkRestored(t, r)
+
+			// The pages faulted in (the restore's own first writes at least)
+			// are recorded as the snapshot's working set for the next restore.
+			ws, err := os.ReadFile(filepath.Join(store, "workingset", id))
+			if err != nil || !bytes.HasPrefix(ws, []byte("CRYOWSET")) || len(ws) <= 12 {
+				t.Errorf("working set of snapshot %s after a lazy restore: %q, %v", id, ws, err)
+			}
 		})
 	}
 }
