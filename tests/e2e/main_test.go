@@ -133,6 +133,13 @@ func build(dir string) error {
 			errs = append(errs, fmt.Errorf("go build ./cmd/cryo: %w\n%s", err, out))
 		}
 	}
+	// The Go workload, built with the Go that runs the tests.
+	gobuild := exec.Command("go", "build", "-o", filepath.Join(binDir, "goroutines"),
+		"./tests/e2e/testdata/goroutines")
+	gobuild.Dir = root
+	if out, err := gobuild.CombinedOutput(); err != nil {
+		errs = append(errs, fmt.Errorf("go build goroutines: %w\n%s", err, out))
+	}
 	for _, name := range cWorkloads {
 		src := filepath.Join(workloadsDir, name+".c")
 		cmd := exec.Command("gcc", "-O2", "-Wall", "-o", filepath.Join(binDir, name), src)
