@@ -129,6 +129,11 @@ func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Sessi
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	if (st.State == 'Z' || st.State == 'X') && st.NumThreads > 1 {
+		return nil, fmt.Errorf("checkpoint pid %d: thread group leader has exited "+
+			"(pthread_exit) while other threads run on (%d in all): %w", pid,
+			st.NumThreads, ErrUnsupported)
+	}
 	if st.State == 'Z' || st.State == 'X' {
 		return nil, fmt.Errorf("checkpoint pid %d: the process has exited (a zombie): %w",
 			pid, unix.ESRCH)

@@ -37,10 +37,19 @@ const maxFreezeRounds = 100
 func freezeThreads(pid int) (_ []int, err error) {
 	var tids []int
 	seized := map[int]bool{}
+	waited := map[int]bool{}
 	defer func() {
-		if err != nil {
-			detachThreads(tids)
+		if err == nil {
+			return
 		}
+		// A thread can be detached only in a stop: wait for the interrupt of those
+		// not yet seen stopped.
+		for _, tid := range tids {
+			if !waited[tid] {
+				waitInterrupted(tid)
+			}
+		}
+		detachThreads(tids)
 	}()
 
 	for round := 0; ; round++ {
@@ -56,6 +65,13 @@ func freezeThreads(pid int) (_ []int, err error) {
 			if err := ptrace.Seize(tid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
 				if tid != pid && threadGone(pid, tid) {
 					continue // it exited between the listing and the seize
+				}
+				if tid == pid && len(list) > 1 && threadGone(pid, tid) {
+					// pthread_exit in main: the leader is a zombie until the
+					// last thread exits, and ptrace cannot attach to it.
+					return nil, fmt.Errorf("thread group leader tid %d has exited "+
+						"(pthread_exit) while other threads run on (%d in all): %w",
+						pid, len(list), ErrUnsupported)
 				}
 				return nil, fmt.Errorf("seize tid %d: %w%s", tid, err, seizeHint(pid, err))
 			}
@@ -75,6 +91,7 @@ func freezeThreads(pid int) (_ []int, err error) {
 		}
 		for _, tid := range fresh {
 			alive, err := waitInterrupted(tid)
+			waited[tid] = true
 			if err != nil {
 				return nil, fmt.Errorf("stop tid %d: %w", tid, err)
 			}
@@ -305,8 +322,11 @@ func cloneThread(t *remote.Task, th image.Thread) (*remote.Task, error) {
 	if errors.Is(err, unix.EEXIST) {
 		holder := "another process"
 		if st, serr := procfs.ReadStat(th.Tid); serr == nil {
-			holder = fmt.Sprintf("another process's thread (%s, pid %d)", st.Comm,
-				tgidOf(th.Tid))
+			if tg := tgidOf(th.Tid); tg != th.Tid {
+				holder = fmt.Sprintf("a thread of another process (%s, pid %d)", st.Comm, tg)
+			} else {
+				holder = fmt.Sprintf("another process (%s)", st.Comm)
+			}
 		}
 		return nil, fmt.Errorf("restore thread as tid %d: %w by %s", th.Tid, ErrPidInUse,
 			holder)

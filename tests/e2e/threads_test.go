@@ -277,3 +277,238 @@ func firstCounter(out string) int64 {
 	}
 	return -1
 }
+
+// TestJavaLazyRestore is acceptance item 2 of issue 7: a Java program run by the
+// machine's JDK, with worker, sleeping and waiting threads besides the JVM's own
+// (about thirty in all) and 300 MiB of arrays on its heap, is checkpointed with
+// --kill and restored lazily; its counter carries on, and after the trigger its
+// own check of the arrays, the map, the sleeps and the wait passes.
+func TestJavaLazyRestore(t *testing.T) {
+	requireE2E(t)
+	if javaErr != nil {
+		t.Fatalf("the Java test needs a JDK: %v", javaErr)
+	}
+	store := newStore(t)
+	dir := t.TempDir()
+	trigger := filepath.Join(dir, "trigger")
+	// No perf data: it would be a shared mapping of a file in /tmp, removed when
+	// the JVM exits.
+	p := start(t, spawn{argv: []string{javaBin, "-XX:-UsePerfData", "-Xmx1g", "-cp", binDir,
+		"Heapwork", trigger, "300"}})
+	waitOutput(t, p.out, "ready\n", 2*readyTimeout)
+	before := taskList(t, p.pid)
+	t.Logf("heapwork (java) runs as pid %d with %d threads", p.pid, len(before))
+	if len(before) < 10 {
+		t.Fatalf("the JVM has %d threads, want at least 10", len(before))
+	}
+
+	r := cryo(t, store, "checkpoint", "--kill", strconv.Itoa(p.pid))
+	if r.exit != 0 {
+		t.Fatalf("cryo checkpoint --kill %d: exit %d\nstderr:\n%s", p.pid, r.exit, r.stderr)
+	}
+	logCryo(t, "checkpoint --kill", r.stderr)
+	p.wait(t, 30*time.Second)
+	last := lastCounter(p.out.String())
+
+	rr := startRestore(t, store, "latest")
+	rr.waitRunning(t, p.pid)
+	if after := taskList(t, p.pid); !slices.Equal(after, before) {
+		t.Errorf("restored threads are %v, want the original tids %v", after, before)
+	}
+	deadline := time.Now().Add(readyTimeout)
+	for lastCounter(rr.stdout.String()) <= last {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored JVM's counter did not move past %d; it printed:\n%s"+
+				"\ncryo stderr:\n%s", last, rr.stdout, rr.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if first := firstCounter(rr.stdout.String()); first < last {
+		t.Errorf("the restored counter started at %d, below the checkpointed %d", first, last)
+	}
+	time.Sleep(time.Second)
+	touch(t, trigger)
+	rr.restoreOK(t, rr.stdout)
+	got := rr.stdout.String()
+	if lastLine(got) != "OK" {
+		t.Fatalf("heapwork after restore did not end with OK:\n%s", got)
+	}
+	t.Logf("counter at the checkpoint %d; restored JVM: %s", last,
+		strings.TrimSpace(lastLines(got, 2)))
+}
+
+// TestThreadsFailedCheckpointRunsOn: a checkpoint of a multi-threaded process
+// that fails after every thread was stopped (it holds an io_uring, which cryo
+// cannot rebuild) leaves every thread running, untraced, and the store empty.
+func TestThreadsFailedCheckpointRunsOn(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	const prog = `import ctypes, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+fd = libc.syscall(425, 4, params)  # io_uring_setup(4, &params)
+if fd < 0:
+    print("unsupported: io_uring_setup errno", ctypes.get_errno(), flush=True)
+    raise SystemExit(0)
+for _ in range(3):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+print("ready fd=%d" % fd, flush=True)
+n = 0
+while True:
+    n += 1
+    print("tick", n, flush=True)
+    time.sleep(0.05)
+`
+	p := start(t, spawn{argv: []string{pythonBin, "-c", prog}})
+	out := waitOutput(t, p.out, "\n", readyTimeout)
+	if strings.HasPrefix(out, "unsupported:") {
+		t.Fatalf("this kernel refuses io_uring, which the test needs: %s", out)
+	}
+	var fd int
+	if _, err := fmt.Sscanf(out, "ready fd=%d", &fd); err != nil {
+		t.Fatalf("the workload printed %q: %v", out, err)
+	}
+	tids := taskList(t, p.pid)
+	if len(tids) != 4 {
+		t.Fatalf("the workload has threads %v, want 4", tids)
+	}
+
+	r := cryo(t, store, "checkpoint", fmt.Sprint(p.pid))
+	if r.exit == 0 {
+		t.Fatalf("checkpoint of a process holding an io_uring succeeded: %q", r.stdout)
+	}
+	if !strings.Contains(r.stderr, fmt.Sprintf("fd %d", fd)) ||
+		!strings.Contains(r.stderr, "io_uring") {
+		t.Errorf("error does not name fd %d and its kind: %q", fd, r.stderr)
+	}
+	if ids := listSnapshots(t, store); len(ids) != 0 {
+		t.Errorf("store holds %v after a failed checkpoint", ids)
+	}
+	for _, tid := range tids {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", p.pid, tid))
+		if err != nil {
+			t.Fatalf("tid %d: %v", tid, err)
+		}
+		if !strings.Contains(string(st), "\nTracerPid:\t0\n") {
+			t.Errorf("tid %d is still traced after the failed checkpoint:\n%s", tid, st)
+		}
+		if s := string(st); strings.Contains(s, "State:\tt") || strings.Contains(s, "State:\tT") {
+			t.Errorf("tid %d is stopped after the failed checkpoint", tid)
+		}
+	}
+	before := strings.Count(p.out.String(), "tick")
+	time.Sleep(300 * time.Millisecond)
+	if after := strings.Count(p.out.String(), "tick"); after <= before {
+		t.Errorf("the process stopped running after the failed checkpoint: %d ticks, "+
+			"then %d", before, after)
+	}
+}
+
+// TestRestoreTidTaken: when a thread's tid belongs to another process, restore
+// fails with an error naming the tid, leaves no half-built process behind, and
+// succeeds once the tid is free again.
+func TestRestoreTidTaken(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	dir := t.TempDir()
+	trigger := filepath.Join(dir, "trigger")
+	p := start(t, spawn{argv: []string{filepath.Join(binDir, "threadwait"), trigger, "3"},
+		stdoutFile: filepath.Join(dir, "stdout")})
+	tids := parseTids(t, waitOutput(t, p.out, "ready\n", readyTimeout))
+	id := checkpoint(t, store, p.pid)
+	p.kill(t)
+
+	tid := tids["epoll"]
+	holder := takePid(t, tid)
+	r := startRestore(t, store, id)
+	code := r.wait(t, restoreTimeout)
+	stderr := r.stderr.String()
+	t.Logf("restore with tid %d taken: exit %d, stderr %q", tid, code, stderr)
+	if code == 0 || !strings.Contains(stderr, fmt.Sprintf("tid %d", tid)) ||
+		!strings.Contains(stderr, "in use") {
+		t.Errorf("restore with tid %d taken: exit %d, stderr %q, want an error naming the "+
+			"tid and saying it is in use", tid, code, stderr)
+	}
+	if processAlive(p.pid) {
+		t.Errorf("pid %d is alive after the failed restore", p.pid)
+	}
+	holder.kill(t)
+
+	r = startRestore(t, store, id)
+	r.waitRunning(t, p.pid)
+	touch(t, trigger)
+	r.restoreOK(t, p.out)
+	if lastLine(p.out.String()) != "OK" {
+		t.Errorf("threadwait restored once the tid was free:\n%s", p.out)
+	}
+}
+
+// takePid starts a sleeping process whose pid is pid, by setting
+// /proc/sys/kernel/ns_last_pid just below it; other processes forking at the
+// same moment can take it first, so it tries a few times.
+func takePid(t *testing.T, pid int) *proc {
+	t.Helper()
+	for try := 0; try < 20; try++ {
+		err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(fmt.Sprint(pid-1)), 0)
+		if err != nil {
+			t.Fatalf("set ns_last_pid: %v", err)
+		}
+		p := start(t, spawn{argv: []string{"sleep", "600"}})
+		if p.pid == pid {
+			return p
+		}
+		p.kill(t)
+	}
+	t.Fatalf("could not start a process with pid %d", pid)
+	return nil
+}
+
+// TestThreadsGuardedUntilPagesIn: while a lazily restored multi-threaded process
+// still has pages to come, cryo restore holds every one of its threads
+// (PTRACE_O_EXITKILL), and when cryo dies the whole process dies with it.
+func TestThreadsGuardedUntilPagesIn(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	dir := t.TempDir()
+	trigger := filepath.Join(dir, "trigger")
+	p := start(t, spawn{argv: []string{filepath.Join(binDir, "threadwait"), trigger, "30"},
+		stdoutFile: filepath.Join(dir, "stdout")})
+	waitOutput(t, p.out, "ready\n", readyTimeout)
+	checkpoint(t, store, p.pid)
+	p.kill(t)
+
+	// Without prefetch the pages nobody touched stay out: the guard stays on.
+	r := startRestore(t, store, "latest", "--no-prefetch")
+	r.waitRunning(t, p.pid)
+	time.Sleep(200 * time.Millisecond)
+	tids := taskList(t, p.pid)
+	if len(tids) != 6 {
+		t.Fatalf("restored threadwait has threads %v, want 6", tids)
+	}
+	for _, tid := range tids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", p.pid, tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// TracerPid names the tracing thread of cryo restore.
+		var tracer int
+		for _, line := range strings.Split(string(b), "\n") {
+			fmt.Sscanf(line, "TracerPid:\t%d", &tracer)
+		}
+		_, err = os.Stat(fmt.Sprintf("/proc/%d/task/%d", r.cmd.Process.Pid, tracer))
+		if tracer == 0 || err != nil {
+			t.Errorf("tid %d is traced by %d, not by a thread of cryo restore (pid %d)",
+				tid, tracer, r.cmd.Process.Pid)
+		}
+	}
+
+	r.cmd.Process.Signal(syscall.SIGKILL)
+	<-r.waited
+	deadline := time.Now().Add(5 * time.Second)
+	for processAlive(p.pid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processAlive(p.pid) {
+		t.Fatalf("restored pid %d still runs after its page server was killed", p.pid)
+	}
+}
