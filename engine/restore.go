@@ -555,7 +555,10 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		if err := restoreThread(t, th, false); err != nil {
 			return nil, err
 		}
-		regs := resumeRegs(th.Regs)
+		regs, err := finalRegs(t, pid, th)
+		if err != nil {
+			return nil, err
+		}
 		if err := ptrace.SetRegs(t.Pid(), &regs); err != nil {
 			return nil, fmt.Errorf("set registers of tid %d: %w", t.Pid(), err)
 		}
@@ -564,7 +567,10 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	if err := restoreThread(task, leader, true); err != nil {
 		return nil, err
 	}
-	final := resumeRegs(leader.Regs)
+	final, err := finalRegs(task, pid, leader)
+	if err != nil {
+		return nil, err
+	}
 	if err := task.Finish(&final); err != nil {
 		return nil, err
 	}
@@ -925,8 +931,9 @@ const (
 // A call whose restart state lived in the old kernel task (ERESTART_RESTARTBLOCK)
 // is issued again when its arguments alone say when it ends (futex
 // FUTEX_WAIT_BITSET, whose timeout is absolute), and otherwise returns EINTR: a
-// relative nanosleep has written the time it had left where its caller asked, a
-// relative futex wait returns as on a spurious wake-up, and poll as on a signal.
+// relative futex wait returns as on a spurious wake-up, poll as on a signal. (A
+// relative sleep whose caller asked for the time left is resumed exactly by
+// finalRegs instead.)
 func resumeRegs(r image.Regs) unix.PtraceRegs {
 	regs := unix.PtraceRegs(r)
 	if int64(regs.Orig_rax) >= 0 {

@@ -226,6 +226,9 @@ func readThreads(pid int, tids []int) ([]image.Thread, error) {
 			return nil, fmt.Errorf("read robust futex list of tid %d: %w", tid, err)
 		}
 		th.RobustList, th.RobustListLen = head, size
+		if th.Sleep, err = readSleep(tid, th.Regs); err != nil {
+			return nil, err
+		}
 		out = append(out, th)
 	}
 
@@ -241,6 +244,46 @@ func readThreads(pid int, tids []int) ([]image.Thread, error) {
 		}
 	}
 	return out, nil
+}
+
+// readSleep returns what restore needs to resume the sleep a thread with
+// registers regs is stopped in, or nil: a relative nanosleep or clock_nanosleep
+// interrupted with ERESTART_RESTARTBLOCK, on a clock whose restart the kernel
+// keeps, whose caller asked for the time left (the kernel wrote it there when the
+// thread was stopped). Without that address the time left is unknown, and the
+// sleep returns EINTR on restore.
+func readSleep(tid int, regs image.Regs) (*image.Sleep, error) {
+	if -int64(regs.Rax) != errRestartRestartBlock {
+		return nil, nil
+	}
+	var sl image.Sleep
+	switch regs.Orig_rax {
+	case unix.SYS_NANOSLEEP:
+		sl.Clock, sl.Rmtp = unix.CLOCK_MONOTONIC, regs.Rsi
+	case unix.SYS_CLOCK_NANOSLEEP:
+		sl.Clock, sl.Rmtp = int32(regs.Rdi), regs.R10
+		if regs.Rsi&unix.TIMER_ABSTIME != 0 {
+			return nil, nil
+		}
+	default:
+		return nil, nil
+	}
+	switch sl.Clock {
+	case unix.CLOCK_REALTIME, unix.CLOCK_MONOTONIC, unix.CLOCK_BOOTTIME:
+	default:
+		return nil, nil
+	}
+	if sl.Rmtp == 0 {
+		return nil, nil
+	}
+	b := make([]byte, 16)
+	if err := remote.ReadMem(tid, sl.Rmtp, b); err != nil {
+		return nil, fmt.Errorf("read time left of the sleep of tid %d: %w", tid, err)
+	}
+	le := binary.LittleEndian
+	sl.Remaining = int64(le.Uint64(b))*1e9 + int64(le.Uint64(b[8:]))
+	sl.Taken = time.Now().UnixNano()
+	return &sl, nil
 }
 
 // readThreadCalls asks thread th.Tid for its clear_child_tid address and its
@@ -443,4 +486,103 @@ func checkThreads(im *image.Image) error {
 		seen[th.Tid] = true
 	}
 	return nil
+}
+
+// finalRegs returns the registers thread t is to run on with: resumeRegs of its
+// checkpointed ones, except for a relative sleep recorded in th.Sleep. Such a
+// sleep is armed again for the time it has left (armSleep) and resumed with
+// restart_syscall, as the kernel would have resumed it, so that it neither
+// returns EINTR nor ends before its deadline; one whose time has run out returns
+// 0. Precondition: t is stopped, on the tracer thread; pid is its process.
+func finalRegs(t *remote.Task, pid int, th image.Thread) (unix.PtraceRegs, error) {
+	regs := resumeRegs(th.Regs)
+	sl := th.Sleep
+	if sl == nil {
+		return regs, nil
+	}
+	left := sl.Remaining - max(time.Now().UnixNano()-sl.Taken, 0)
+	armed := false
+	if left > 0 {
+		var err error
+		if armed, err = armSleep(t, pid, sl, left); err != nil {
+			return regs, fmt.Errorf("resume the sleep of tid %d: %w", t.Pid(), err)
+		}
+	}
+	regs.Rip = th.Regs.Rip
+	regs.Rax = 0 // the sleep is over
+	if armed {
+		regs.Rip -= 2 // back on the syscall instruction
+		regs.Rax = unix.SYS_RESTART_SYSCALL
+	}
+	regs.Orig_rax = ^uint64(0)
+	return regs, nil
+}
+
+// armSleep gives thread t, in the restored process pid, a restart block that
+// sleeps on sl.Clock until left ns from now: it runs clock_nanosleep for that
+// long in the thread and interrupts it with SIGSTOP, which the kernel answers
+// by recording the absolute deadline for restart_syscall. The SIGSTOP is then
+// held in its signal-delivery stop, where the thread is left, and discarded when
+// the thread is next resumed. It reports false when the sleep ended before the
+// signal came.
+func armSleep(t *remote.Task, pid int, sl *image.Sleep, left int64) (bool, error) {
+	tid := t.Pid()
+	scratch, _ := t.Scratch()
+	ts := make([]byte, 16)
+	binary.LittleEndian.PutUint64(ts, uint64(left/1e9))
+	binary.LittleEndian.PutUint64(ts[8:], uint64(left%1e9))
+	if err := t.WriteMem(scratch, ts); err != nil {
+		return false, err
+	}
+	regs := t.Base()
+	regs.Rip, regs.Rax, regs.Orig_rax = t.Trampoline(), unix.SYS_CLOCK_NANOSLEEP, ^uint64(0)
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10 = uint64(sl.Clock), 0, scratch, sl.Rmtp
+	if err := ptrace.SetRegs(tid, &regs); err != nil {
+		return false, fmt.Errorf("set registers: %w", err)
+	}
+
+	// Entry of the call, then (once interrupted) its exit, then the SIGSTOP.
+	stop := func(what string, want unix.Signal) error {
+		ws, err := ptrace.Wait(tid)
+		if err != nil {
+			return err
+		}
+		if !ws.Stopped() || ws.StopSignal() != want {
+			return fmt.Errorf("unexpected state %#x waiting for the %s", uint32(ws), what)
+		}
+		return nil
+	}
+	if err := unix.PtraceSyscall(tid, 0); err != nil {
+		return false, fmt.Errorf("resume to clock_nanosleep: %w", err)
+	}
+	if err := stop("entry of clock_nanosleep", unix.SIGTRAP|0x80); err != nil {
+		return false, err
+	}
+	if err := unix.PtraceSyscall(tid, 0); err != nil {
+		return false, fmt.Errorf("resume into clock_nanosleep: %w", err)
+	}
+	if err := unix.Tgkill(pid, tid, unix.SIGSTOP); err != nil {
+		return false, fmt.Errorf("interrupt clock_nanosleep: %w", err)
+	}
+	if err := stop("exit of clock_nanosleep", unix.SIGTRAP|0x80); err != nil {
+		return false, err
+	}
+	out, err := ptrace.GetRegs(tid)
+	if err != nil {
+		return false, fmt.Errorf("get registers: %w", err)
+	}
+	if err := unix.PtraceCont(tid, 0); err != nil {
+		return false, fmt.Errorf("resume to the SIGSTOP: %w", err)
+	}
+	if err := stop("SIGSTOP", unix.SIGSTOP); err != nil {
+		return false, err
+	}
+	switch r := int64(out.Rax); {
+	case r == 0:
+		return false, nil
+	case -r == errRestartRestartBlock:
+		return true, nil
+	default:
+		return false, fmt.Errorf("clock_nanosleep returned %d", r)
+	}
 }

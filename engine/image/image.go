@@ -149,6 +149,24 @@ type Thread struct {
 	// AltStack is the thread's alternate signal stack (sigaltstack(2)), nil when
 	// it has none. Version 2.
 	AltStack *AltStack `json:"altstack,omitempty"`
+
+	// Sleep is set when the thread was stopped in a relative nanosleep or
+	// clock_nanosleep that the kernel would have resumed from its restart block.
+	// Version 2.
+	Sleep *Sleep `json:"sleep,omitempty"`
+}
+
+// Sleep is what restore needs to resume an interrupted relative sleep: the time
+// it had left when it was stopped (which the kernel wrote where the caller asked
+// for it) and when that was.
+type Sleep struct {
+	Clock int32  `json:"clock"` // the clockid the sleep ran on
+	Rmtp  uint64 `json:"rmtp"`  // where the caller wants the time left, in its memory
+
+	// Remaining is the time the sleep had left, in ns, at Taken (Unix time in
+	// ns, the realtime clock).
+	Remaining int64 `json:"remaining"`
+	Taken     int64 `json:"taken"`
 }
 
 // AltStack is a stack_t of x86-64 as sigaltstack(2) reports it.
