@@ -6,7 +6,8 @@
  * Usage: threadwait TRIGGER SECONDS
  *
  * Threads, each with its own signal mask (checked again when it wakes):
- *   futex     FUTEX_WAIT_PRIVATE (no timeout) on a word until main sets it.
+ *   futex     FUTEX_WAIT_PRIVATE (no timeout) on a word until main sets it,
+ *             with a pattern in xmm15 that must be there after each wait.
  *   timedwait FUTEX_WAIT_BITSET on a word nobody sets, absolute CLOCK_MONOTONIC
  *             deadline now+SECONDS: must end with ETIMEDOUT, not before it.
  *   epoll     epoll_wait on an eventfd until main writes it.
@@ -96,15 +97,41 @@ static int check(int role, sigset_t *mask)
 	return 1;
 }
 
+/* futex_wait_xmm is futex(uaddr, FUTEX_WAIT_PRIVATE, val) issued with a known
+ * pattern in xmm15, which the kernel keeps across the call (and a restore must
+ * keep too: the XSAVE area); it returns the call's result (0 or -errno) and says
+ * whether xmm15 still held the pattern afterwards. */
+static long futex_wait_xmm(int *uaddr, int val, int *kept)
+{
+	static const unsigned long long pat[2] = {0x0123456789abcdefULL, 0xfedcba9876543210ULL};
+	unsigned long long out[2];
+	register long r10 asm("r10") = 0;
+	long r;
+	asm volatile("movdqu (%[pat]), %%xmm15\n\t"
+		     "syscall\n\t"
+		     "movdqu %%xmm15, (%[out])"
+		     : "=a"(r)
+		     : "0"((long)SYS_futex), "D"(uaddr), "S"((long)FUTEX_WAIT_PRIVATE),
+		       "d"((long)val), "r"(r10), [pat] "r"(pat), [out] "r"(out)
+		     : "rcx", "r11", "memory", "xmm15");
+	*kept = out[0] == pat[0] && out[1] == pat[1];
+	return r;
+}
+
 static void *futex_thread(void *arg)
 {
 	sigset_t mask;
 	start(FUTEX, &mask);
 	int wakes = 0;
 	while (__atomic_load_n(&futex_word, __ATOMIC_SEQ_CST) == 0) {
-		long r = futex(&futex_word, FUTEX_WAIT_PRIVATE, 0, NULL, 0);
-		if (r != 0 && errno != EAGAIN && errno != EINTR) {
-			snprintf(failure[FUTEX], 200, "futex: wait: %s", strerror(errno));
+		int kept;
+		long r = futex_wait_xmm(&futex_word, 0, &kept);
+		if (r != 0 && r != -EAGAIN && r != -EINTR) {
+			snprintf(failure[FUTEX], 200, "futex: wait: %s", strerror((int)-r));
+			return NULL;
+		}
+		if (!kept) {
+			snprintf(failure[FUTEX], 200, "futex: xmm15 lost its value across the wait");
 			return NULL;
 		}
 		wakes++;

@@ -29,7 +29,8 @@ const (
 // each call ends as it would have without the checkpoint (woken by main, timed
 // out at its deadline and not before, the sleep at its deadline without EINTR;
 // epoll_wait returns EINTR at every ptrace stop, checkpoint or not), the
-// signal masks are the same, pthread_join returns (clear_child_tid) and a robust
+// signal masks are the same, xmm15 keeps its value across the futex wait (the
+// XSAVE area), pthread_join returns (clear_child_tid) and a robust
 // mutex held by a thread that exited reports EOWNERDEAD (the robust list). The
 // program checks all of that itself and prints OK.
 //
