@@ -541,8 +541,11 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	others := make([]*remote.Task, 0, len(im.Threads)-1)
 	defer func() {
 		if err != nil {
+			// The threads die with the process, but each stays a zombie until its
+			// tracer reaps it, and the leader's exit waits for them all.
+			unix.Kill(pid, unix.SIGKILL)
 			for _, t := range others {
-				ptrace.Detach(t.Pid(), int(unix.SIGKILL))
+				reapThread(t.Pid())
 			}
 		}
 	}()

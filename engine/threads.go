@@ -186,19 +186,25 @@ func killTraced(pid int, tids []int) {
 	// The tracer sees each thread's death first (the leader's last); the parent
 	// is told once we have.
 	for i := len(tids) - 1; i >= 0; i-- {
-		for {
-			ws, err := ptrace.Wait(tids[i])
-			if err != nil || ws.Exited() || ws.Signaled() {
-				break
-			}
-			ptrace.Cont(tids[i], 0)
-		}
+		reapThread(tids[i])
 	}
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
 		if _, err := os.Stat(procfs.Path(pid)); errors.Is(err, os.ErrNotExist) {
 			return
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// reapThread waits until thread tid, traced by this thread and sent SIGKILL,
+// has exited, and reaps it.
+func reapThread(tid int) {
+	for {
+		ws, err := ptrace.Wait(tid)
+		if err != nil || ws.Exited() || ws.Signaled() {
+			return
+		}
+		ptrace.Cont(tid, 0)
 	}
 }
 

@@ -40,7 +40,7 @@ func TestThreadsBlockedInSyscalls(t *testing.T) {
 	store := newStore(t)
 	dir := t.TempDir()
 	trigger := filepath.Join(dir, "trigger")
-	const secs = 8 // the deadlines of the sleeping threads, from their start
+	const secs = 15 // the deadlines of the sleeping threads, from their start
 	started := time.Now()
 	p := start(t, spawn{argv: []string{filepath.Join(binDir, "threadwait"), trigger,
 		fmt.Sprint(secs)}, stdoutFile: filepath.Join(dir, "stdout")})
