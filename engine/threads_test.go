@@ -29,7 +29,8 @@ func TestCheckThreads(t *testing.T) {
 			"first thread has tid 41, not the pid 40"},
 		{"repeated tid", image.Image{Version: 2, Pid: 40, Threads: th(40, 41, 41)},
 			"repeated tid 41"},
-		{"tid 1", image.Image{Version: 2, Pid: 40, Threads: th(40, 1)}, "invalid or repeated tid 1"},
+		{"tid 1", image.Image{Version: 2, Pid: 40, Threads: th(40, 1)},
+			"invalid or repeated tid 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := checkThreads(&tc.im)
