@@ -129,6 +129,11 @@ func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Sessi
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	if (st.State == 'Z' || st.State == 'X') && st.NumThreads > 1 {
+		return nil, fmt.Errorf("checkpoint pid %d: thread group leader has exited "+
+			"(pthread_exit) while other threads run on (%d in all): %w", pid,
+			st.NumThreads, ErrUnsupported)
+	}
 	if st.State == 'Z' || st.State == 'X' {
 		return nil, fmt.Errorf("checkpoint pid %d: the process has exited (a zombie): %w",
 			pid, unix.ESRCH)
@@ -167,6 +172,7 @@ func (s *Session) Close() error {
 
 // frozen is what the tracer thread hands back after the copy.
 type frozen struct {
+	tids    []int // the threads, seized and stopped, leader first
 	im      *image.Image
 	plan    *copyPlan
 	buf     []byte
@@ -206,7 +212,7 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 		}
 		if !kill {
 			// Resume as soon as the pages are in our memory.
-			f.err = ptrace.Detach(pid, 0)
+			f.err = detachThreads(f.tids)
 			f.stop = time.Since(f.stopped)
 			ch <- f
 			return
@@ -214,9 +220,9 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 		ch <- f
 		// kill: stay frozen until the snapshot is durable; then end it.
 		if ok := <-resume; ok {
-			killTraced(pid)
+			killTraced(pid, f.tids)
 		} else {
-			ptrace.Detach(pid, 0)
+			detachThreads(f.tids)
 		}
 		resume <- true
 	}()
@@ -305,20 +311,13 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	pid := s.pid
 	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
-	// Refuse threads before touching the process at all.
-	if err := singleThreaded(pid); err != nil {
-		return fail(err)
-	}
-
 	pre := preallocate(pid)
 	held := pre // the page buffer, released here on failure
-	attached := false
+	var tids []int
 	defer func() {
 		if f.err != nil {
 			freeBuffer(held)
-			if attached {
-				ptrace.Detach(pid, 0)
-			}
+			detachThreads(tids)
 		}
 	}()
 
@@ -331,23 +330,11 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	jobStopped := st.State == 'T'
 
 	f.stopped = time.Now()
-	if err := ptrace.Seize(pid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
-		return fail(fmt.Errorf("seize: %w%s", err, seizeHint(pid, err)))
-	}
-	attached = true
-	if err := ptrace.Interrupt(pid); err != nil {
-		return fail(fmt.Errorf("interrupt: %w", err))
-	}
-	if err := waitInterrupted(pid); err != nil {
+	if tids, err = freezeThreads(pid); err != nil {
 		return fail(err)
 	}
 
-	// A thread may have been born between the first look and the seize.
-	if err := singleThreaded(pid); err != nil {
-		return fail(err)
-	}
-
-	im, err := s.readImage()
+	im, err := s.readImage(tids)
 	if err != nil {
 		return fail(err)
 	}
@@ -377,7 +364,8 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	for _, r := range plan.copy {
 		pages += int64(r.pages)
 	}
-	return frozen{im: im, plan: plan, buf: held, dirty: pages, stopped: f.stopped}
+	return frozen{tids: tids, im: im, plan: plan, buf: held, dirty: pages,
+		stopped: f.stopped}
 }
 
 // collect asks the tracker which pages were written since the parent snapshot. It
@@ -424,47 +412,9 @@ func trackedRanges(vmas []image.VMA) []track.Range {
 	return out
 }
 
-// singleThreaded refuses a process with more than one thread, naming the count.
-func singleThreaded(pid int) error {
-	tids, err := procfs.ReadTasks(pid)
-	if err != nil {
-		return fmt.Errorf("list threads: %w", err)
-	}
-	if len(tids) != 1 {
-		return fmt.Errorf("process has %d threads: only single-threaded processes can be "+
-			"checkpointed yet: %w", len(tids), ErrUnsupported)
-	}
-	return nil
-}
-
-// waitInterrupted waits for the stop PTRACE_INTERRUPT asked for. A signal that
-// arrives first gives a signal-delivery stop instead: the signal is delivered (the
-// process handles it as it would have) and the interrupt stop follows.
-func waitInterrupted(pid int) error {
-	for {
-		ws, err := ptrace.Wait(pid)
-		if err != nil {
-			return err
-		}
-		switch {
-		case ws.Exited() || ws.Signaled():
-			return fmt.Errorf("process ended while being stopped: %w", unix.ESRCH)
-		case !ws.Stopped():
-			return fmt.Errorf("unexpected wait status %#x while stopping", uint32(ws))
-		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP:
-			// The interrupt, or a group stop (the process was stopped by SIGSTOP or
-			// the like, and stays so when detached).
-			return nil
-		default:
-			if err := ptrace.Cont(pid, int(ws.StopSignal())); err != nil {
-				return fmt.Errorf("deliver %v while stopping: %w", ws.StopSignal(), err)
-			}
-		}
-	}
-}
-
-// readImage records everything but the page contents of the stopped process.
-func (s *Session) readImage() (*image.Image, error) {
+// readImage records everything but the page contents of the stopped process, whose
+// threads are tids.
+func (s *Session) readImage(tids []int) (*image.Image, error) {
 	pid := s.pid
 	im := &image.Image{Version: image.Version, Pid: pid, Kernel: kernelRelease()}
 
@@ -491,11 +441,9 @@ func (s *Session) readImage() (*image.Image, error) {
 		return nil, err
 	}
 
-	th, err := readThread(pid)
-	if err != nil {
+	if im.Threads, err = readThreads(pid, tids); err != nil {
 		return nil, err
 	}
-	im.Threads = []image.Thread{th}
 
 	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{}); err != nil {
 		return nil, fmt.Errorf("%w", err)
@@ -603,27 +551,6 @@ func readThread(tid int) (image.Thread, error) {
 		th.Rseq = &image.Rseq{Ptr: rs.Ptr, Size: rs.Size, Sig: rs.Sig, Flags: rs.Flags}
 	}
 	return th, nil
-}
-
-// killTraced kills a process this thread traces and waits, briefly, until its
-// parent has reaped it, so that its pid is free for a restore that follows at once.
-// A parent that never reaps keeps the pid taken; that is the parent's to fix.
-func killTraced(pid int) {
-	unix.Kill(pid, unix.SIGKILL)
-	for {
-		// The tracer sees the death first; the parent is told once we have.
-		ws, err := ptrace.Wait(pid)
-		if err != nil || ws.Exited() || ws.Signaled() {
-			break
-		}
-		ptrace.Cont(pid, 0)
-	}
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
-		if _, err := os.Stat(procfs.Path(pid)); errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // seizeHint explains a failed PTRACE_SEIZE when /proc says why.

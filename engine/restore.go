@@ -79,6 +79,7 @@ type Restored struct {
 	// guardDone is closed when the guard has let go of it, with exit set if the
 	// process ended meanwhile (the guard reaped it).
 	guarded   bool
+	held      []int // the threads the guard holds
 	guardDone chan struct{}
 	exit      *unix.WaitStatus
 	closeOnce sync.Once
@@ -228,9 +229,11 @@ func (r *Restored) Wait() (unix.WaitStatus, error) {
 
 // guard keeps a lazily restored process seized with PTRACE_O_EXITKILL until every
 // page is in, so that if cryo dies the kernel kills the process: otherwise its
-// missing pages would read as zeros once the userfaultfd closed. Meanwhile the
+// missing pages would read as zeros once the userfaultfd closed. Every thread the
+// process had when it was restored is seized (a SIGKILL to any kills them all;
+// holding each keeps the guard when the leader has exited first). Meanwhile the
 // guard passes every signal on and lets group stops happen (PTRACE_LISTEN); when
-// the page server is done it interrupts the process and detaches.
+// the page server is done it interrupts each thread and detaches it.
 //
 // It runs on the tracer thread, right after rebuild. Fork children of the process
 // are not seized: if cryo dies before their pages are in, they run on with zeros.
@@ -247,49 +250,100 @@ func (r *Restored) guard() {
 	defer tick.Stop()
 
 	pagesDone := r.pagesDone
+	releasing := false
 	for {
-		for {
-			var ws unix.WaitStatus
-			wpid, err := unix.Wait4(r.Pid, &ws, unix.WALL|unix.WNOHANG, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if err != nil || wpid == 0 {
-				if err != nil {
-					r.log.Warn("guard lost the restored process", "pid", r.Pid, "err", err)
-					return
-				}
-				break
-			}
-			switch {
-			case ws.Exited() || ws.Signaled():
-				r.exit = &ws
+		for _, tid := range slices.Clone(r.held) {
+			if done := r.guardStops(tid, releasing); done {
 				return
-			case !ws.Stopped():
-			case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP && ws.StopSignal() == unix.SIGTRAP:
-				// Our interrupt: every page is in.
-				if err := ptrace.Detach(r.Pid, 0); err != nil {
-					r.log.Warn("detach restored process", "pid", r.Pid, "err", err)
-				}
-				return
-			case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP:
-				// A group stop (SIGSTOP and the like): stay stopped, keep watching.
-				ptrace.Listen(r.Pid)
-			default:
-				// A signal on its way to the process: deliver it.
-				ptrace.Cont(r.Pid, int(ws.StopSignal()))
 			}
+		}
+		if releasing && len(r.held) == 0 {
+			return
 		}
 		select {
 		case <-sigchld:
 		case <-tick.C:
 		case <-pagesDone:
-			pagesDone = nil
-			if err := ptrace.Interrupt(r.Pid); err != nil {
-				r.log.Warn("interrupt restored process", "pid", r.Pid, "err", err)
+			pagesDone, releasing = nil, true
+			for _, tid := range r.held {
+				if err := ptrace.Interrupt(tid); err != nil && !errors.Is(err, unix.ESRCH) {
+					r.log.Warn("interrupt restored thread", "pid", r.Pid, "tid", tid,
+						"err", err)
+				}
 			}
 		}
 	}
+}
+
+// guardStops handles the stops thread tid has reported, and says whether the
+// guard is done: the process ended (r.exit is set) or was lost. A thread that
+// exits or, once releasing, reports the interrupt stop, leaves r.held.
+func (r *Restored) guardStops(tid int, releasing bool) (done bool) {
+	for {
+		var ws unix.WaitStatus
+		wpid, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			if tid != r.Pid {
+				r.held = removeTid(r.held, tid) // gone and reaped with its process
+				return false
+			}
+			r.log.Warn("guard lost the restored process", "pid", r.Pid, "err", err)
+			return true
+		}
+		if wpid == 0 {
+			return false
+		}
+		switch {
+		case ws.Exited() || ws.Signaled():
+			if tid == r.Pid {
+				// The leader is reported last, once every thread is gone.
+				r.exit = &ws
+				return true
+			}
+			r.held = removeTid(r.held, tid)
+			return false
+		case !ws.Stopped():
+		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP && ws.StopSignal() == unix.SIGTRAP &&
+			releasing:
+			// Our interrupt: every page is in.
+			if err := ptrace.Detach(tid, 0); err != nil {
+				r.log.Warn("detach restored thread", "pid", r.Pid, "tid", tid, "err", err)
+			}
+			r.held = removeTid(r.held, tid)
+			return false
+		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP:
+			// A group stop (SIGSTOP and the like): stay stopped, keep watching.
+			ptrace.Listen(tid)
+		default:
+			// A signal on its way to the thread: deliver it.
+			ptrace.Cont(tid, int(ws.StopSignal()))
+		}
+	}
+}
+
+// seizeGuard seizes every thread of the running process pid with
+// PTRACE_O_EXITKILL, for guard, and returns their tids. Threads that exit
+// meanwhile are skipped; the leader must be seized.
+func seizeGuard(pid int) ([]int, error) {
+	tids, err := procfs.ReadTasks(pid)
+	if err != nil {
+		return nil, fmt.Errorf("list threads: %w", err)
+	}
+	var held []int
+	for _, tid := range tids {
+		if err := ptrace.Seize(tid, ptrace.PTRACE_O_EXITKILL); err != nil {
+			if tid != pid && threadGone(pid, tid) {
+				continue
+			}
+			detachThreads(held)
+			return nil, fmt.Errorf("seize tid %d: %w", tid, err)
+		}
+		held = append(held, tid)
+	}
+	return held, nil
 }
 
 // pageSet is the page map of a snapshot split the way restore uses it.
@@ -365,12 +419,11 @@ func (s *pageSource) ReadPage(addr uint64, dst []byte) error {
 
 // checkImage rejects images this restorer cannot rebuild, before any process exists.
 func checkImage(im *image.Image) error {
-	if len(im.Threads) != 1 {
-		return fmt.Errorf("image has %d threads; only single-threaded processes are supported",
-			len(im.Threads))
-	}
 	if im.Pid <= 1 {
 		return fmt.Errorf("image has invalid pid %d", im.Pid)
+	}
+	if err := checkThreads(im); err != nil {
+		return err
 	}
 	var prev uint64
 	for _, v := range im.VMAs {
@@ -440,7 +493,8 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 			unix.Wait4(pid, &ws, unix.WALL, nil)
 		}
 	}()
-	opt := ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
+	// It traces its clones: the threads it is made to create start traced.
+	opt := ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL | unix.PTRACE_O_TRACECLONE
 	if err := unix.PtraceSetOptions(pid, opt); err != nil {
 		return nil, fmt.Errorf("set ptrace options of pid %d: %w", pid, err)
 	}
@@ -498,19 +552,58 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		close(r.pagesDone)
 	}()
 
-	// 6. Signal handlers, then the thread: rseq, signal mask, FPU state, registers;
-	// then it runs.
-	th := im.Threads[0]
+	// 6. Signal handlers, then the threads: the leader is the process itself, the
+	// others are cloned from it with their tids. Each gets its rseq area, robust
+	// list, clear_child_tid, signal stack, signal mask, FPU state and registers;
+	// then they all run, the leader last removing the trampoline.
 	if err := restoreSigactions(task, im.Sigactions); err != nil {
 		return nil, err
 	}
-	if err := restoreThread(task, th); err != nil {
+	others := make([]*remote.Task, 0, len(im.Threads)-1)
+	defer func() {
+		if err != nil {
+			// The threads die with the process, but each stays a zombie until its
+			// tracer reaps it, and the leader's exit waits for them all.
+			unix.Kill(pid, unix.SIGKILL)
+			for _, t := range others {
+				reapThread(t.Pid())
+			}
+		}
+	}()
+	for _, th := range im.Threads[1:] {
+		t, err := cloneThread(task, th)
+		if err != nil {
+			return nil, err
+		}
+		others = append(others, t)
+		if err := restoreThread(t, th, false); err != nil {
+			return nil, err
+		}
+		regs, err := finalRegs(t, pid, th)
+		if err != nil {
+			return nil, err
+		}
+		if err := ptrace.SetRegs(t.Pid(), &regs); err != nil {
+			return nil, fmt.Errorf("set registers of tid %d: %w", t.Pid(), err)
+		}
+	}
+	leader := im.Threads[0]
+	if err := restoreThread(task, leader, true); err != nil {
 		return nil, err
 	}
-	final := resumeRegs(th.Regs)
+	final, err := finalRegs(task, pid, leader)
+	if err != nil {
+		return nil, err
+	}
 	if err := task.Finish(&final); err != nil {
 		return nil, err
 	}
+	for _, t := range others {
+		if err := ptrace.Detach(t.Pid(), 0); err != nil {
+			return nil, fmt.Errorf("let tid %d run: %w", t.Pid(), err)
+		}
+	}
+	log.Debug("threads running", "pid", pid, "threads", len(im.Threads))
 
 	// A process checkpointed in a job-control stop comes back stopped.
 	if im.Stopped {
@@ -520,13 +613,13 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	}
 
 	// 7. A lazily restored process must die with cryo until its pages are in: seize
-	// it again, this time to guard it. In the instant between detach and seize it
-	// runs unguarded.
+	// its threads again, this time to guard it. In the instant between detach and
+	// seize it runs unguarded.
 	if !opts.Eager {
-		err := ptrace.Seize(pid, ptrace.PTRACE_O_EXITKILL)
+		held, err := seizeGuard(pid)
 		switch {
 		case err == nil:
-			r.guarded = true
+			r.guarded, r.held = true, held
 		case exiting(pid):
 			// It has already finished: nothing left to guard.
 		default:
@@ -847,26 +940,6 @@ func setMM(t *remote.Task, im *image.Image) error {
 	return nil
 }
 
-// restoreThread gives the thread its rseq registration, signal mask and FPU state.
-func restoreThread(t *remote.Task, th image.Thread) error {
-	if th.Rseq != nil && th.Rseq.Ptr != 0 {
-		_, err := t.Syscall(unix.SYS_RSEQ, th.Rseq.Ptr, uint64(th.Rseq.Size), 0,
-			uint64(th.Rseq.Sig))
-		if err != nil {
-			return fmt.Errorf("register rseq area %#x: %w", th.Rseq.Ptr, err)
-		}
-	}
-	if err := ptrace.SetSigmask(t.Pid(), th.SigMask); err != nil {
-		return fmt.Errorf("set signal mask of pid %d: %w", t.Pid(), err)
-	}
-	if len(th.Xstate) > 0 {
-		if err := ptrace.SetXstate(t.Pid(), th.Xstate); err != nil {
-			return fmt.Errorf("set FPU state of pid %d: %w", t.Pid(), err)
-		}
-	}
-	return nil
-}
-
 // Results of an interrupted system call that ask for a restart (linux/errno.h,
 // kernel-internal).
 const (
@@ -878,8 +951,13 @@ const (
 
 // resumeRegs turns the registers of a thread stopped inside a system call into the
 // registers that make it resume the way the kernel would have: a restartable call is
-// issued again (rip back over the two-byte syscall instruction, rax the call number);
-// a call whose restart state lived in the old kernel task returns EINTR.
+// issued again (rip back over the two-byte syscall instruction, rax the call number).
+// A call whose restart state lived in the old kernel task (ERESTART_RESTARTBLOCK)
+// is issued again when its arguments alone say when it ends (futex
+// FUTEX_WAIT_BITSET, whose timeout is absolute), and otherwise returns EINTR: a
+// relative futex wait returns as on a spurious wake-up, poll as on a signal. (A
+// relative sleep whose caller asked for the time left is resumed exactly by
+// finalRegs instead.)
 func resumeRegs(r image.Regs) unix.PtraceRegs {
 	regs := unix.PtraceRegs(r)
 	if int64(regs.Orig_rax) >= 0 {
@@ -888,11 +966,29 @@ func resumeRegs(r image.Regs) unix.PtraceRegs {
 			regs.Rax = regs.Orig_rax
 			regs.Rip -= 2
 		case errRestartRestartBlock:
-			regs.Rax = negErrno(unix.EINTR)
+			if absoluteRestart(regs) {
+				regs.Rax = regs.Orig_rax
+				regs.Rip -= 2
+			} else {
+				regs.Rax = negErrno(unix.EINTR)
+			}
 		}
 	}
 	regs.Orig_rax = ^uint64(0)
 	return regs
+}
+
+// From linux/futex.h: the command of a futex op is what remains without
+// FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME.
+const (
+	futexWaitBitset = 9
+	futexCmdMask    = ^uint64(128 | 256)
+)
+
+// absoluteRestart says whether a system call that returned ERESTART_RESTARTBLOCK
+// can simply be issued again with its own arguments: its timeout is absolute.
+func absoluteRestart(regs unix.PtraceRegs) bool {
+	return regs.Orig_rax == unix.SYS_FUTEX && regs.Rsi&futexCmdMask == futexWaitBitset
 }
 
 // startPageServer creates a userfaultfd inside the process, takes it into this

@@ -24,10 +24,13 @@ func TestResumeRegs(t *testing.T) {
 		{"ERESTARTNOHAND", neg(errRestartNoHand), unix.SYS_PAUSE, unix.SYS_PAUSE, syscallAt},
 		{"ERESTART_RESTARTBLOCK", neg(errRestartRestartBlock), unix.SYS_NANOSLEEP,
 			negErrno(unix.EINTR), syscallAt + 2},
+		{"FUTEX_WAIT_BITSET, absolute", neg(errRestartRestartBlock), unix.SYS_FUTEX,
+			unix.SYS_FUTEX, syscallAt},
 		{"EINTR stays", negErrno(unix.EINTR), unix.SYS_READ, negErrno(unix.EINTR), syscallAt + 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := resumeRegs(image.Regs{Rax: tc.rax, Orig_rax: tc.origRax, Rip: syscallAt + 2})
+			got := resumeRegs(image.Regs{Rax: tc.rax, Orig_rax: tc.origRax, Rip: syscallAt + 2,
+				Rsi: futexWaitBitset | 128})
 			if got.Rax != tc.wantRax || got.Rip != tc.wantRip {
 				t.Errorf("rax %#x rip %#x, want rax %#x rip %#x", got.Rax, got.Rip,
 					tc.wantRax, tc.wantRip)

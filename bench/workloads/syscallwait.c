@@ -7,9 +7,8 @@
  *   read      prints "ready" then blocks in read(0, buf, 4096); prints
  *             "read <n> bytes: <data, one line>" and exits 0 if n > 0.
  *   sleep     prints "ready" then nanosleep(SECONDS) (relative), retried
- *             with the remaining time on EINTR; the kernel cannot carry a
- *             relative sleep's restart state across a restore, so one EINTR
- *             there is correct. Prints "slept eintr=<n>".
+ *             with the remaining time on EINTR (cryo's restore resumes it
+ *             without one). Prints "slept eintr=<n>".
  *   abssleep  prints "ready" then clock_nanosleep(CLOCK_MONOTONIC,
  *             TIMER_ABSTIME) to now+SECONDS, retried on EINTR. Prints
  *             "slept eintr=<n>".

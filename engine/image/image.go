@@ -14,7 +14,12 @@ import (
 
 // Version is the version of the Image encoding. A snapshot whose image has a newer
 // version is refused.
-const Version = 1
+//
+// Version 2 holds every thread of the process, each with its robust futex list,
+// clear_child_tid and alternate signal stack. A version 1 image has exactly one
+// thread and none of these; it still restores, the thread without them, as
+// version 1 restored it.
+const Version = 2
 
 // Image describes one checkpointed process.
 type Image struct {
@@ -37,9 +42,13 @@ type Image struct {
 	// default.
 	Sigactions []Sigaction `json:"sigactions,omitempty"`
 
-	VMAs    []VMA    `json:"vmas"`
+	VMAs []VMA `json:"vmas"`
+
+	// Threads are the threads of the process, the thread group leader (Tid ==
+	// Pid) first, the others in ascending tid order.
 	Threads []Thread `json:"threads"`
-	FDs     []FD     `json:"fds"`
+
+	FDs []FD `json:"fds"`
 }
 
 // MM holds the fields that prctl(PR_SET_MM_MAP) restores, read from /proc/PID/stat
@@ -125,6 +134,46 @@ type Thread struct {
 
 	// Rseq is the thread's restartable-sequences registration, if any.
 	Rseq *Rseq `json:"rseq,omitempty"`
+
+	// RobustList and RobustListLen are the head of the thread's robust futex
+	// list and the size of that head, as get_robust_list(2) reports them; zero
+	// when the thread registered none. Version 2.
+	RobustList    uint64 `json:"robust_list,omitempty"`
+	RobustListLen uint64 `json:"robust_list_len,omitempty"`
+
+	// ClearChildTid is the address the kernel clears and futex-wakes when the
+	// thread exits (set_tid_address(2), CLONE_CHILD_CLEARTID), zero for none, as
+	// prctl(PR_GET_TID_ADDRESS) reports it. Version 2.
+	ClearChildTid uint64 `json:"clear_child_tid,omitempty"`
+
+	// AltStack is the thread's alternate signal stack (sigaltstack(2)), nil when
+	// it has none. Version 2.
+	AltStack *AltStack `json:"altstack,omitempty"`
+
+	// Sleep is set when the thread was stopped in a relative nanosleep or
+	// clock_nanosleep that the kernel would have resumed from its restart block.
+	// Version 2.
+	Sleep *Sleep `json:"sleep,omitempty"`
+}
+
+// Sleep is what restore needs to resume an interrupted relative sleep: the time
+// it had left when it was stopped (which the kernel wrote where the caller asked
+// for it) and when that was.
+type Sleep struct {
+	Clock int32  `json:"clock"` // the clockid the sleep ran on
+	Rmtp  uint64 `json:"rmtp"`  // where the caller wants the time left, in its memory
+
+	// Remaining is the time the sleep had left, in ns, at Taken (Unix time in
+	// ns, the realtime clock).
+	Remaining int64 `json:"remaining"`
+	Taken     int64 `json:"taken"`
+}
+
+// AltStack is a stack_t of x86-64 as sigaltstack(2) reports it.
+type AltStack struct {
+	Sp    uint64 `json:"sp"`
+	Flags int32  `json:"flags"` // SS_AUTODISARM and the like; SS_ONSTACK is not kept
+	Size  uint64 `json:"size"`
 }
 
 // Regs is struct user_regs_struct of x86-64 (asm/user.h), field for field, with the

@@ -3,6 +3,9 @@ package remote
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +24,10 @@ type Borrowed struct {
 	pid   int
 	insn  uint64          // address of a syscall instruction in [vdso]
 	saved unix.PtraceRegs // the registers the process stopped with
+
+	// held are signals that arrived for the thread while a call ran (one pending
+	// when it was stopped shows up at the first call): Release queues them again.
+	held []unix.Signal
 }
 
 // Borrow prepares to run system calls in the stopped process pid.
@@ -48,7 +55,7 @@ func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 	if err := ptrace.SetRegs(b.pid, &regs); err != nil {
 		return 0, fmt.Errorf("inject syscall %d into pid %d: set registers: %w", nr, b.pid, err)
 	}
-	for stop := 0; stop < 2; stop++ { // syscall entry, then exit
+	for stop := 0; stop < 2; { // syscall entry, then exit
 		if err := unix.PtraceSyscall(b.pid, 0); err != nil {
 			return 0, fmt.Errorf("inject syscall %d into pid %d: resume: %w", nr, b.pid, err)
 		}
@@ -56,7 +63,15 @@ func (b *Borrowed) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("inject syscall %d into pid %d: %w", nr, b.pid, err)
 		}
-		if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP|0x80 {
+		switch {
+		case ws.Stopped() && ws.StopSignal() == unix.SIGTRAP|0x80:
+			stop++
+		case ws.Stopped() && stop == 0 && ptrace.Event(ws) == 0 &&
+			ws.StopSignal() != unix.SIGTRAP:
+			// A signal pending for the thread, dequeued on the way back to user
+			// mode before the call: hold it, for Release to queue again.
+			b.held = append(b.held, ws.StopSignal())
+		default:
 			return 0, fmt.Errorf("inject syscall %d into pid %d: unexpected state %#x "+
 				"waiting for a syscall stop", nr, b.pid, uint32(ws))
 		}
@@ -87,7 +102,32 @@ func (b *Borrowed) Release() error {
 	if err := ptrace.SetRegs(b.pid, &regs); err != nil {
 		return fmt.Errorf("release pid %d: set registers: %w", b.pid, err)
 	}
+	// Signals held back go to the same thread again; the kernel delivers them when
+	// it runs. A real-time signal loses its siginfo payload on the way.
+	for _, sig := range b.held {
+		if err := unix.Tgkill(tgid(b.pid), b.pid, sig); err != nil {
+			return fmt.Errorf("release pid %d: queue %v again: %w", b.pid, sig, err)
+		}
+	}
+	b.held = nil
 	return nil
+}
+
+// tgid returns the process a thread belongs to, from /proc/TID/status; a thread
+// whose status cannot be read is taken for a process of its own.
+func tgid(tid int) int {
+	b, err := os.ReadFile(procfs.Path(tid, "status"))
+	if err != nil {
+		return tid
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil {
+				return n
+			}
+		}
+	}
+	return tid
 }
 
 // vdsoSyscall finds a syscall instruction (0f 05) in the [vdso] of pid.

@@ -108,6 +108,15 @@ func GetRseqConfig(pid int) (RseqConfig, error) {
 	return c, err
 }
 
+// GetRobustList returns the head and length of thread tid's robust futex list
+// (get_robust_list(2), Linux 2.6.17+); head is zero when the thread registered
+// none. It is a system call, not a ptrace request, but it asks what ptrace may
+// ask: the caller needs PTRACE_MODE_READ access to the thread.
+func GetRobustList(tid int) (head, size uint64, err error) {
+	err = getRobustList(tid, &head, &size)
+	return head, size, err
+}
+
 // Status is a wait status with the helpers the tracer needs.
 type Status = unix.WaitStatus
 

@@ -45,3 +45,12 @@ func getRseq(pid int, c *RseqConfig) error {
 	return ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, rseqConfigurationSize,
 		uintptr(unsafe.Pointer(c)))
 }
+
+func getRobustList(tid int, head *uint64, size *uint64) error {
+	_, _, errno := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid),
+		uintptr(unsafe.Pointer(head)), uintptr(unsafe.Pointer(size)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}

@@ -32,10 +32,18 @@ var (
 
 	// setupErr is a broken build (cryo or a workload): every test fails with it.
 	setupErr error
+
+	// javaBin is the java launcher under the name "heapwork" (a symbolic link,
+	// so that the harness can tell the workload by its name), and javaErr why
+	// there is none: a JDK is an optional test dependency, and only the tests that
+	// run Java fail without it.
+	javaBin string
+	javaErr error
 )
 
 // cWorkloads are the C programs in bench/workloads, built with gcc -O2.
-var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "syscallwait"}
+var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "syscallwait",
+	"threadwait"}
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
@@ -136,6 +144,15 @@ func build(dir string) error {
 			errs = append(errs, fmt.Errorf("go build ./cmd/cryo: %w\n%s", err, out))
 		}
 	}
+	javaErr = buildJava(root)
+
+	// The Go workload, built with the Go that runs the tests.
+	gobuild := exec.Command("go", "build", "-o", filepath.Join(binDir, "goroutines"),
+		"./tests/e2e/testdata/goroutines")
+	gobuild.Dir = root
+	if out, err := gobuild.CombinedOutput(); err != nil {
+		errs = append(errs, fmt.Errorf("go build goroutines: %w\n%s", err, out))
+	}
 	for _, name := range cWorkloads {
 		src := filepath.Join(workloadsDir, name+".c")
 		cmd := exec.Command("gcc", "-O2", "-Wall", "-o", filepath.Join(binDir, name), src)
@@ -145,4 +162,26 @@ func build(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// buildJava compiles the Java workload into binDir and links the JDK's java
+// launcher there as "heapwork".
+func buildJava(root string) error {
+	javac, err := exec.LookPath("javac")
+	if err != nil {
+		return fmt.Errorf("find javac (apt-get install default-jdk-headless): %w", err)
+	}
+	java, err := exec.LookPath("java")
+	if err != nil {
+		return fmt.Errorf("find java (apt-get install default-jdk-headless): %w", err)
+	}
+	if java, err = filepath.EvalSymlinks(java); err != nil {
+		return fmt.Errorf("resolve %s: %w", java, err)
+	}
+	src := filepath.Join(root, "tests", "e2e", "testdata", "java", "Heapwork.java")
+	if out, err := exec.Command(javac, "-d", binDir, src).CombinedOutput(); err != nil {
+		return fmt.Errorf("javac %s: %w\n%s", src, err, out)
+	}
+	javaBin = filepath.Join(binDir, "heapwork")
+	return os.Symlink(java, javaBin)
 }

@@ -1,0 +1,65 @@
+package engine
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cryo-dev/cryo/engine/image"
+)
+
+func TestCheckThreads(t *testing.T) {
+	th := func(tids ...int) []image.Thread {
+		var out []image.Thread
+		for _, tid := range tids {
+			out = append(out, image.Thread{Tid: tid})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name    string
+		im      image.Image
+		wantErr string // "" for none
+	}{
+		{"version 1, one thread", image.Image{Version: 1, Pid: 40, Threads: th(40)}, ""},
+		{"version 2, threads", image.Image{Version: 2, Pid: 40, Threads: th(40, 41, 45)}, ""},
+		{"version 1, two threads", image.Image{Version: 1, Pid: 40, Threads: th(40, 41)},
+			"version 1 image has 2 threads"},
+		{"no thread", image.Image{Version: 2, Pid: 40}, "no thread"},
+		{"leader not first", image.Image{Version: 2, Pid: 40, Threads: th(41, 40)},
+			"first thread has tid 41, not the pid 40"},
+		{"repeated tid", image.Image{Version: 2, Pid: 40, Threads: th(40, 41, 41)},
+			"repeated tid 41"},
+		{"tid 1", image.Image{Version: 2, Pid: 40, Threads: th(40, 1)},
+			"invalid or repeated tid 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkThreads(&tc.im)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("checkThreads: %v, want no error", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("checkThreads: %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestImageVersion1Loads decodes an image as cryo wrote it before threads were
+// supported: one thread, none of the version 2 fields.
+func TestImageVersion1Loads(t *testing.T) {
+	const v1 = `{"version":1,"pid":4242,"comm":"x","exe":"/bin/x","kernel":"k","mm":{},` +
+		`"vmas":[],"threads":[{"tid":4242,"regs":{"Rip":4096},"xstate":"AAAA",` +
+		`"sigmask":5}],"fds":[]}`
+	im, err := image.Unmarshal([]byte(v1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkThreads(im); err != nil {
+		t.Fatalf("version 1 image refused: %v", err)
+	}
+	th := im.Threads[0]
+	if th.Tid != 4242 || th.Regs.Rip != 4096 || th.SigMask != 5 || th.RobustList != 0 ||
+		th.ClearChildTid != 0 || th.AltStack != nil {
+		t.Errorf("version 1 thread decoded as %+v", th)
+	}
+}
