@@ -13,8 +13,9 @@ import (
 )
 
 // Version is the version of the Image encoding. A snapshot whose image has a newer
-// version is refused.
-const Version = 1
+// version is refused. Version 2 added Proc and the timerfd, signalfd and memfd
+// kinds of FD; a version 1 image decodes with Proc nil.
+const Version = 2
 
 // Image describes one checkpointed process.
 type Image struct {
@@ -40,6 +41,9 @@ type Image struct {
 	VMAs    []VMA    `json:"vmas"`
 	Threads []Thread `json:"threads"`
 	FDs     []FD     `json:"fds"`
+
+	// Proc is the process-wide kernel state (version 2 on; nil before).
+	Proc *Proc `json:"proc,omitempty"`
 }
 
 // MM holds the fields that prctl(PR_SET_MM_MAP) restores, read from /proc/PID/stat
@@ -199,6 +203,10 @@ type FD struct {
 	Pipe    *Pipe    `json:"pipe,omitempty"`
 	Eventfd *Eventfd `json:"eventfd,omitempty"`
 	Epoll   *Epoll   `json:"epoll,omitempty"`
+
+	Timerfd  *Timerfd  `json:"timerfd,omitempty"`
+	Signalfd *Signalfd `json:"signalfd,omitempty"`
+	Memfd    *Memfd    `json:"memfd,omitempty"`
 }
 
 // Pipe describes one end of a pipe. The two ends share an ID (the pipe inode);
