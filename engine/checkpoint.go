@@ -355,6 +355,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	if im.Sigactions, err = readSigactions(pid); err != nil {
 		return fail(err)
 	}
+	if im.Proc, err = readProcState(pid); err != nil {
+		return fail(err)
+	}
 	tImage := time.Now()
 
 	dirty, fallback := s.collect(im)

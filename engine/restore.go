@@ -482,6 +482,9 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	if err := restoreSigactions(task, im.Sigactions); err != nil {
 		return nil, err
 	}
+	if err := restoreProcState(task, im, log); err != nil {
+		return nil, err
+	}
 	if err := restoreThread(task, th); err != nil {
 		return nil, err
 	}
