@@ -305,8 +305,11 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	pid := s.pid
 	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
-	// Refuse threads before touching the process at all.
+	// Refuse threads, and state cryo cannot rebuild, before touching the process.
 	if err := singleThreaded(pid); err != nil {
+		return fail(err)
+	}
+	if err := precheckProcState(pid); err != nil {
 		return fail(err)
 	}
 

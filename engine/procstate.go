@@ -42,6 +42,28 @@ import (
 // rlimNlimits is RLIM_NLIMITS: the number of resource limits (linux/resource.h).
 const rlimNlimits = 16
 
+// precheckProcState refuses, before the process is stopped, state that cryo
+// cannot rebuild: it checks everything readProcState checks, and whether the
+// process traces another, which takes a scan of every process (milliseconds,
+// too long for the frozen time). A process that starts tracing between this
+// check and the freeze is not noticed.
+func precheckProcState(pid int) error {
+	status, err := readStatus(pid)
+	if err != nil {
+		return err
+	}
+	if err := checkUnsupported(pid, status); err != nil {
+		return err
+	}
+	if tracee, err := findTracee(pid); err != nil {
+		return err
+	} else if tracee != 0 {
+		return fmt.Errorf("the process traces pid %d (ptrace): a tracer's hold on its "+
+			"tracees cannot be rebuilt: %w", tracee, ErrUnsupported)
+	}
+	return nil
+}
+
 // readProcState reads the process-wide state of the stopped process pid.
 //
 // Precondition: the process is stopped and seized with PTRACE_O_TRACESYSGOOD, on
@@ -99,6 +121,22 @@ func readProcState(pid int) (*image.Proc, error) {
 		if tp.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
 			return nil, err
 		}
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			return nil, fmt.Errorf("read CPU affinity of tid %d: %w", tid, err)
+		}
+		for _, w := range set {
+			tp.Affinity = append(tp.Affinity, uint64(w))
+		}
+		for len(tp.Affinity) > 0 && tp.Affinity[len(tp.Affinity)-1] == 0 {
+			tp.Affinity = tp.Affinity[:len(tp.Affinity)-1]
+		}
+		prio, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, kabi.IOPRIO_WHO_PROCESS,
+			uintptr(tid), 0)
+		if errno != 0 {
+			return nil, fmt.Errorf("read I/O priority of tid %d: %w", tid, errno)
+		}
+		tp.Ioprio = int(prio)
 		p.Threads = append(p.Threads, tp)
 	}
 	if err := checkPendingBlocked(p); err != nil {
@@ -118,6 +156,11 @@ func readStatus(pid int) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read status: %w", err)
 	}
+	return parseStatus(b), nil
+}
+
+// parseStatus splits a status file into its fields.
+func parseStatus(b []byte) map[string]string {
 	m := make(map[string]string)
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
@@ -125,10 +168,11 @@ func readStatus(pid int) (map[string]string, error) {
 			m[k] = strings.TrimSpace(v)
 		}
 	}
-	return m, nil
+	return m
 }
 
-// checkUnsupported refuses state cryo cannot rebuild, naming it.
+// checkUnsupported refuses state cryo cannot rebuild, naming it: a seccomp
+// filter, namespaces other than cryo's, threads whose credentials differ.
 func checkUnsupported(pid int, status map[string]string) error {
 	if s := status["Seccomp"]; s != "" && s != "0" {
 		what := "seccomp strict mode"
@@ -137,6 +181,27 @@ func checkUnsupported(pid int, status map[string]string) error {
 		}
 		return fmt.Errorf("%s: cryo cannot read back and reinstall seccomp programs: %w",
 			what, ErrUnsupported)
+	}
+	tids, err := procfs.ReadTasks(pid)
+	if err != nil {
+		return fmt.Errorf("list threads: %w", err)
+	}
+	for _, tid := range tids {
+		if tid == pid {
+			continue
+		}
+		b, err := os.ReadFile(procfs.Path(pid, "task", strconv.Itoa(tid), "status"))
+		if err != nil {
+			return fmt.Errorf("read status of tid %d: %w", tid, err)
+		}
+		ts := parseStatus(b)
+		for _, k := range []string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff",
+			"CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"} {
+			if ts[k] != status[k] {
+				return fmt.Errorf("thread %d has %s %q, the process %q: threads with "+
+					"credentials of their own: %w", tid, k, ts[k], status[k], ErrUnsupported)
+			}
+		}
 	}
 	for _, ns := range []string{"mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"} {
 		var mine, theirs unix.Stat_t
@@ -150,12 +215,6 @@ func checkUnsupported(pid int, status map[string]string) error {
 			return fmt.Errorf("%s namespace %d is not cryo's (%d): cryo restores into its own "+
 				"namespaces only: %w", ns, theirs.Ino, mine.Ino, ErrUnsupported)
 		}
-	}
-	if tracee, err := findTracee(pid); err != nil {
-		return err
-	} else if tracee != 0 {
-		return fmt.Errorf("the process traces pid %d (ptrace): a tracer's hold on its "+
-			"tracees cannot be rebuilt: %w", tracee, ErrUnsupported)
 	}
 	return nil
 }
@@ -433,7 +492,9 @@ func checkPendingBlocked(p *image.Proc) error {
 }
 
 // readInside runs, in the stopped process, what only the process can ask:
-// getitimer, timer_gettime, PR_GET_SECUREBITS and PR_GET_DUMPABLE. The kernel
+// getitimer, timer_gettime, securebits, the dumpable flag, the child subreaper
+// flag, and of the thread it runs in (the main thread; other threads would need
+// their own turn) the timer slack and the alternate signal stack. The kernel
 // writes the answers below the stack pointer, past the red zone (see
 // readSigactions); the bytes there are put back.
 func readInside(pid int, p *image.Proc) error {
@@ -491,6 +552,37 @@ func readInside(pid int, p *image.Proc) error {
 		return fmt.Errorf("read dumpable flag: %w", err)
 	}
 	p.Dumpable = int(d)
+	if _, err := b.Syscall(unix.SYS_PRCTL, kabi.PR_GET_CHILD_SUBREAPER, addr); err != nil {
+		return fmt.Errorf("read child subreaper flag: %w", err)
+	}
+	if err := remote.ReadMem(pid, addr, buf[:4]); err != nil {
+		return fmt.Errorf("read child subreaper flag: %w", err)
+	}
+	p.ChildSubreaper = le.Uint32(buf) != 0
+
+	var main *image.ThreadProc
+	for i := range p.Threads {
+		if p.Threads[i].Tid == pid {
+			main = &p.Threads[i]
+		}
+	}
+	if main == nil {
+		return fmt.Errorf("read thread state: no main thread %d", pid)
+	}
+	if main.TimerSlack, err = b.Syscall(unix.SYS_PRCTL, kabi.PR_GET_TIMERSLACK); err != nil {
+		return fmt.Errorf("read timer slack: %w", err)
+	}
+	if _, err := b.Syscall(unix.SYS_SIGALTSTACK, 0, addr); err != nil {
+		return fmt.Errorf("read alternate signal stack: %w", err)
+	}
+	if err := remote.ReadMem(pid, addr, buf[:24]); err != nil {
+		return fmt.Errorf("read alternate signal stack: %w", err)
+	}
+	// stack_t: ss_sp, ss_flags (and padding), ss_size.
+	if flags := int32(le.Uint32(buf[8:])); flags&kabi.SS_DISABLE == 0 {
+		main.AltStack = &image.AltStack{Sp: le.Uint64(buf), Size: le.Uint64(buf[16:]),
+			Flags: flags &^ kabi.SS_ONSTACK}
+	}
 	return nil
 }
 
@@ -523,12 +615,20 @@ func restoreProcState(t *remote.Task, im *image.Image, log *slog.Logger) error {
 		do   func(*remote.Task, *image.Image, *slog.Logger) error
 	}{
 		{"session and process group", restoreSession},
-		{"personality", restorePersonality},
+		{"personality and subreaper flag", restorePersonality},
 		{"umask", func(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 			_, err := t.Syscall(unix.SYS_UMASK, uint64(im.Proc.Umask))
 			return err
 		}},
 		{"cwd and root", restoreDirs},
+		{"thread state", func(t *remote.Task, im *image.Image, _ *slog.Logger) error {
+			for _, tp := range im.Proc.Threads {
+				if tp.Tid == t.Pid() {
+					return restoreThreadProc(t, tp)
+				}
+			}
+			return nil
+		}},
 		{"pending signals", restorePending},
 		{"interval timers", restoreItimers},
 		{"POSIX timers", restoreTimers},
@@ -539,6 +639,30 @@ func restoreProcState(t *remote.Task, im *image.Image, log *slog.Logger) error {
 	for _, s := range steps {
 		if err := s.do(t, im, log); err != nil {
 			return fmt.Errorf("restore %s of pid %d: %w", s.what, pid, err)
+		}
+	}
+	return nil
+}
+
+// restoreThreadProc restores what the thread t is stopped in must set itself:
+// its timer slack and alternate signal stack. With several threads, each needs
+// its turn.
+func restoreThreadProc(t *remote.Task, tp image.ThreadProc) error {
+	if tp.TimerSlack != 0 {
+		if _, err := t.Syscall(unix.SYS_PRCTL, kabi.PR_SET_TIMERSLACK, tp.TimerSlack); err != nil {
+			return fmt.Errorf("tid %d: set timer slack %d: %w", tp.Tid, tp.TimerSlack, err)
+		}
+	}
+	if a := tp.AltStack; a != nil {
+		scratch, _ := t.Scratch()
+		b := binary.LittleEndian.AppendUint64(nil, a.Sp)
+		b = binary.LittleEndian.AppendUint64(b, uint64(uint32(a.Flags)))
+		b = binary.LittleEndian.AppendUint64(b, a.Size)
+		if err := t.WriteMem(scratch, b); err != nil {
+			return err
+		}
+		if _, err := t.Syscall(unix.SYS_SIGALTSTACK, scratch, 0); err != nil {
+			return fmt.Errorf("tid %d: sigaltstack %#x size %d: %w", tp.Tid, a.Sp, a.Size, err)
 		}
 	}
 	return nil
@@ -575,7 +699,13 @@ func restoreSession(t *remote.Task, im *image.Image, log *slog.Logger) error {
 	return nil
 }
 
+// restorePersonality sets the personality and the child subreaper flag.
 func restorePersonality(t *remote.Task, im *image.Image, _ *slog.Logger) error {
+	if im.Proc.ChildSubreaper {
+		if _, err := t.Syscall(unix.SYS_PRCTL, kabi.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+			return fmt.Errorf("set child subreaper: %w", err)
+		}
+	}
 	if im.Proc.Personality == 0 {
 		return nil
 	}
@@ -749,9 +879,9 @@ func restoreTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 	return nil
 }
 
-// restoreSched sets each thread's scheduling policy, priority and nice from
-// outside (sched_setattr acts on any thread for a privileged caller). Utilization
-// clamps are left at their defaults.
+// restoreSched sets each thread's scheduling policy, priority, nice, CPU
+// affinity and I/O priority from outside (these calls act on any thread for a
+// caller with CAP_SYS_NICE). Utilization clamps are left at their defaults.
 func restoreSched(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 	const schedFlagResetOnFork = 1
 	for _, tp := range im.Proc.Threads {
@@ -762,6 +892,31 @@ func restoreSched(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 		if err := kabi.SchedSetattr(tp.Tid, a); err != nil {
 			return fmt.Errorf("sched_setattr tid %d policy %d nice %d: %w", tp.Tid, s.Policy,
 				s.Nice, err)
+		}
+		if len(tp.Affinity) > 0 {
+			var set unix.CPUSet
+			if len(tp.Affinity) > len(set) {
+				return fmt.Errorf("tid %d: CPU affinity of %d words", tp.Tid, len(tp.Affinity))
+			}
+			set.Zero()
+			for cpu := range 64 * len(tp.Affinity) {
+				if tp.Affinity[cpu/64]&(1<<(cpu%64)) != 0 {
+					set.Set(cpu)
+				}
+			}
+			if err := unix.SchedSetaffinity(tp.Tid, &set); err != nil {
+				return fmt.Errorf("tid %d: set CPU affinity %x: %w", tp.Tid, tp.Affinity, err)
+			}
+		}
+		// An I/O priority never set follows nice; setting it would pin it.
+		now, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, kabi.IOPRIO_WHO_PROCESS,
+			uintptr(tp.Tid), 0)
+		if errno == 0 && int(now) != tp.Ioprio {
+			_, _, errno = unix.Syscall(unix.SYS_IOPRIO_SET, kabi.IOPRIO_WHO_PROCESS,
+				uintptr(tp.Tid), uintptr(tp.Ioprio))
+		}
+		if errno != 0 {
+			return fmt.Errorf("tid %d: I/O priority %#x: %w", tp.Tid, tp.Ioprio, errno)
 		}
 	}
 	return nil

@@ -7,8 +7,9 @@
  * It becomes a session leader, changes to DIR, and sets signal handlers,
  * blocked and pending signals (process-wide and queued to itself alone),
  * interval timers, POSIX timers, rlimits, umask, personality, nice and
- * scheduling policy, no_new_privs, a timerfd (relative and absolute), a
- * signalfd and a memfd; then drops to uid/gid 1000 with saved set ids 0,
+ * scheduling policy, CPU affinity, I/O priority, timer slack, an alternate
+ * signal stack, the child subreaper flag, no_new_privs, a timerfd (relative
+ * and absolute), a signalfd and a memfd; then drops to uid/gid 1000 with saved set ids 0,
  * supplementary groups and a few capabilities (one of them ambient). It
  * writes "ready\n" to stdout and polls every 10 ms for TRIGGER to exist. A
  * test checkpoints it while it waits, kills it, restores it and creates
@@ -46,6 +47,11 @@
 #define MEMFD_SIZE 20000
 #define MEMFD_POS 1234
 #define NICE 7
+#define IOPRIO ((2 << 13) | 5) /* IOPRIO_CLASS_BE, level 5 */
+#define SLACK 123456
+#define ALTSTACK_SIZE 65536
+
+static char altstack[ALTSTACK_SIZE];
 
 static int failures;
 static int tfd_rel, tfd_abs, tfd_fired, sfd, mfd;
@@ -151,6 +157,20 @@ static void setup(const char *where)
 		die("sched_setscheduler");
 	if (setpriority(PRIO_PROCESS, 0, NICE) < 0)
 		die("setpriority");
+	cpu_set_t cpus;
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	if (sched_setaffinity(0, sizeof cpus, &cpus) < 0)
+		die("sched_setaffinity");
+	if (syscall(SYS_ioprio_set, 1, 0, IOPRIO) < 0)
+		die("ioprio_set");
+	if (prctl(PR_SET_TIMERSLACK, SLACK, 0, 0, 0) < 0)
+		die("timer slack");
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+		die("child subreaper");
+	stack_t ss = {.ss_sp = altstack, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
+	if (sigaltstack(&ss, NULL) < 0)
+		die("sigaltstack");
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		struct rlimit r = {limits[i].cur, limits[i].max};
 		if (setrlimit(limits[i].res, &r) < 0)
@@ -492,6 +512,24 @@ static void check_process(void)
 	if (nice != NICE || sched_getscheduler(0) != SCHED_BATCH)
 		fail("sched", "nice %d policy %d, want %d %d", nice, sched_getscheduler(0), NICE,
 		     SCHED_BATCH);
+	cpu_set_t cpus;
+	if (sched_getaffinity(0, sizeof cpus, &cpus) < 0 || CPU_COUNT(&cpus) != 1 ||
+	    !CPU_ISSET(0, &cpus))
+		fail("sched", "affinity: %d CPUs", CPU_COUNT(&cpus));
+	long io = syscall(SYS_ioprio_get, 1, 0);
+	if (io != IOPRIO)
+		fail("ioprio", "%#lx, want %#x", io, IOPRIO);
+	if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) != SLACK)
+		fail("timer slack", "%d, want %d", prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0), SLACK);
+	int sub = 0;
+	prctl(PR_GET_CHILD_SUBREAPER, &sub, 0, 0, 0);
+	if (sub != 1)
+		fail("child subreaper", "%d", sub);
+	stack_t ss;
+	sigaltstack(NULL, &ss);
+	if (ss.ss_sp != altstack || ss.ss_size != ALTSTACK_SIZE || ss.ss_flags != 0)
+		fail("sigaltstack", "%p size %zu flags %d, want %p %d 0", ss.ss_sp, ss.ss_size,
+		     ss.ss_flags, (void *)altstack, ALTSTACK_SIZE);
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		struct rlimit r;
 		getrlimit(limits[i].res, &r);

@@ -34,6 +34,9 @@ type Proc struct {
 	// Dumpable is prctl(PR_GET_DUMPABLE): 0, 1 or 2 (suid_dumpable).
 	Dumpable int `json:"dumpable"`
 
+	// ChildSubreaper is prctl(PR_SET_CHILD_SUBREAPER).
+	ChildSubreaper bool `json:"child_subreaper,omitempty"`
+
 	// Itimers are the interval timers ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF
 	// that are armed.
 	Itimers []Itimer `json:"itimers,omitempty"`
@@ -117,6 +120,27 @@ type ThreadProc struct {
 	// Pending holds the signals queued to this thread alone, oldest first,
 	// each a raw 128-byte siginfo_t.
 	Pending [][]byte `json:"pending,omitempty"`
+
+	// Affinity is the CPU mask (sched_getaffinity), 64 CPUs a word.
+	Affinity []uint64 `json:"affinity,omitempty"`
+
+	// Ioprio is the I/O priority (ioprio_get, class and data as the kernel
+	// packs them).
+	Ioprio int `json:"ioprio"`
+
+	// TimerSlack is the timer slack in nanoseconds (PR_GET_TIMERSLACK); 0 when
+	// not recorded.
+	TimerSlack uint64 `json:"timer_slack,omitempty"`
+
+	// AltStack is the alternate signal stack (sigaltstack), nil when none.
+	AltStack *AltStack `json:"alt_stack,omitempty"`
+}
+
+// AltStack is a stack_t of sigaltstack(2), without SS_ONSTACK.
+type AltStack struct {
+	Sp    uint64 `json:"sp"`
+	Flags int32  `json:"flags,omitempty"` // SS_AUTODISARM
+	Size  uint64 `json:"size"`
 }
 
 // Sched is struct sched_attr (sched_getattr(2)): policy, flags, nice, priority

@@ -12,7 +12,11 @@ const (
 	PR_GET_SECUREBITS           = 27
 	PR_SET_SECUREBITS           = 28
 	PR_CAPBSET_DROP             = 24
+	PR_SET_CHILD_SUBREAPER      = 36
+	PR_GET_CHILD_SUBREAPER      = 37
 	PR_SET_NO_NEW_PRIVS         = 38
+	PR_SET_TIMERSLACK           = 29
+	PR_GET_TIMERSLACK           = 30
 	PR_CAP_AMBIENT              = 47
 	PR_CAP_AMBIENT_RAISE        = 2
 	PR_TIMER_CREATE_RESTORE_IDS = 77 // Linux 6.14+
@@ -46,6 +50,16 @@ const (
 // TFD_IOC_SET_TICKS is _IOW('T', 0, u64) (linux/timerfd.h, CONFIG_CHECKPOINT_RESTORE):
 // sets the expirations a timerfd has not yet reported.
 const TFD_IOC_SET_TICKS = 0x40085400
+
+// ioprio_get/ioprio_set "which" (linux/ioprio.h).
+const IOPRIO_WHO_PROCESS = 1
+
+// sigaltstack flags (asm-generic/signal-defs.h).
+const (
+	SS_ONSTACK    = 1
+	SS_DISABLE    = 2
+	SS_AUTODISARM = 1 << 31
+)
 
 // Personality: the execution domain is the low byte; PER_LINUX is 0.
 const PER_MASK = 0xff
