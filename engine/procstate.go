@@ -592,12 +592,13 @@ func readInside(pid int, p *image.Proc) error {
 // calling thread, so that the signals it queues and the timers it arms cannot
 // interrupt the injected calls, and leaves the real masks to restoreThread.
 //
-// The order matters. Directories, timers, signals, scheduling and limits come
-// first, while the process still has cryo's credentials (chroot and alarm
-// clocks need privileges); the credentials come last, and within them the
+// The order matters. Directories, signals, scheduling and limits come first,
+// while the process still has cryo's credentials (chroot, and timers on alarm
+// clocks, need privileges); then the credentials, and within them the
 // capability bounding set is cut while the process is still root, and
 // SECBIT_KEEP_CAPS holds the permitted set across setresuid until capset has
-// set it.
+// set it. The timers are armed last, so that as little as possible runs between
+// the moment they can fire and the moment the process runs.
 //
 // Precondition: on the tracer thread, with the process stopped at the
 // trampoline; a nil im.Proc (a version 1 image) does nothing.
@@ -630,11 +631,12 @@ func restoreProcState(t *remote.Task, im *image.Image, log *slog.Logger) error {
 			return nil
 		}},
 		{"pending signals", restorePending},
-		{"interval timers", restoreItimers},
-		{"POSIX timers", restoreTimers},
+		{"POSIX timers", createTimers},
 		{"scheduling", restoreSched},
 		{"rlimits", restoreRlimits},
 		{"credentials", restoreCreds},
+		{"interval timers", restoreItimers},
+		{"POSIX timer times", armTimers},
 	}
 	for _, s := range steps {
 		if err := s.do(t, im, log); err != nil {
@@ -818,12 +820,10 @@ func restoreItimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 	return nil
 }
 
-// restoreTimers creates the POSIX timers again under their ids, with
+// createTimers creates the POSIX timers again under their ids, with
 // prctl(PR_TIMER_CREATE_RESTORE_IDS) (Linux 6.14+), which makes timer_create take
-// the id it is given, and arms each with the time it had left. The overrun count
-// and a timer's absolute (TIMER_ABSTIME) nature are not kept: each is armed
-// relative, with its remaining time.
-func restoreTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
+// the id it is given, whatever the holes between the ids. armTimers arms them.
+func createTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 	if len(im.Proc.Timers) == 0 {
 		return nil
 	}
@@ -857,6 +857,21 @@ func restoreTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 		if id := int32(le.Uint32(got)); id != tm.ID {
 			return fmt.Errorf("timer_create gave id %d, want %d", id, tm.ID)
 		}
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, kabi.PR_TIMER_CREATE_RESTORE_IDS,
+		kabi.PR_TIMER_CREATE_RESTORE_OFF); err != nil {
+		return fmt.Errorf("prctl PR_TIMER_CREATE_RESTORE_IDS off: %w", err)
+	}
+	return nil
+}
+
+// armTimers arms each POSIX timer with the time it had left. The overrun count
+// and a timer's absolute (TIMER_ABSTIME) nature are not kept: each is armed
+// relative, with its remaining time.
+func armTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
+	scratch, _ := t.Scratch()
+	le := binary.LittleEndian
+	for _, tm := range im.Proc.Timers {
 		if tm.Remaining == 0 {
 			continue
 		}
@@ -871,10 +886,6 @@ func restoreTimers(t *remote.Task, im *image.Image, _ *slog.Logger) error {
 		if _, err := t.Syscall(unix.SYS_TIMER_SETTIME, uint64(tm.ID), 0, scratch, 0); err != nil {
 			return fmt.Errorf("timer_settime id %d: %w", tm.ID, err)
 		}
-	}
-	if _, err := t.Syscall(unix.SYS_PRCTL, kabi.PR_TIMER_CREATE_RESTORE_IDS,
-		kabi.PR_TIMER_CREATE_RESTORE_OFF); err != nil {
-		return fmt.Errorf("prctl PR_TIMER_CREATE_RESTORE_IDS off: %w", err)
 	}
 	return nil
 }
