@@ -16,42 +16,51 @@ func init() {
 
 // TestProcessState is acceptance item 4 of issue 7: statecheck sets handlers,
 // pending signals (process-wide and to its own thread), interval timers, POSIX
-// timers, rlimits, umask, cwd, personality, nice and policy, no_new_privs, a
-// session of its own, timerfds, a signalfd and a memfd, and drops to uid and
-// gid 1000 with saved set ids 0, groups and capabilities; it is checkpointed,
-// killed and lazily restored, then checks every piece itself. Any difference
-// it prints fails the test.
+// timers, rlimits, umask, cwd, personality, scheduling, CPU affinity, I/O
+// priority, timer slack, an alternate signal stack, the subreaper flag,
+// no_new_privs, a session of its own, timerfds, a signalfd and a memfd, and drops
+// to uid and gid 1000 with saved set ids 0, groups and capabilities; it is
+// checkpointed, killed and restored (lazily, then eagerly), then checks every
+// piece itself. Any difference it prints fails the test.
 func TestProcessState(t *testing.T) {
 	requireE2E(t)
-	store := newStore(t)
+	for _, mode := range []string{"lazy", "eager"} {
+		t.Run(mode, func(t *testing.T) {
+			store := newStore(t)
 
-	// The process runs as uid 1000: its cwd and trigger must be reachable.
-	dir, err := os.MkdirTemp("/tmp", "statecheck-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	trigger := filepath.Join(dir, "trigger")
-	p := start(t, spawn{argv: []string{filepath.Join(binDir, "statecheck"), trigger, dir},
-		stdoutFile: filepath.Join(t.TempDir(), "stdout")})
-	waitOutput(t, p.out, "ready\n", readyTimeout)
+			// The process runs as uid 1000: its cwd and trigger must be reachable.
+			dir, err := os.MkdirTemp("/tmp", "statecheck-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			trigger := filepath.Join(dir, "trigger")
+			p := start(t, spawn{argv: []string{filepath.Join(binDir, "statecheck"), trigger,
+				dir}, stdoutFile: filepath.Join(t.TempDir(), "stdout")})
+			waitOutput(t, p.out, "ready\n", readyTimeout)
 
-	checkpoint(t, store, p.pid)
-	p.kill(t)
+			checkpoint(t, store, p.pid)
+			p.kill(t)
 
-	r := startRestore(t, store, "latest")
-	r.waitRunning(t, p.pid)
-	touch(t, trigger)
-	code := r.wait(t, restoreTimeout)
-	out := p.out.String()
-	if code != 0 || lastLine(out) != "OK" {
-		t.Fatalf("statecheck after restore: exit %d; its output:\n%s\ncryo restore stderr:\n%s",
-			code, out, r.stderr)
+			args := []string{"latest"}
+			if mode == "eager" {
+				args = append(args, "--eager")
+			}
+			r := startRestore(t, store, args...)
+			r.waitRunning(t, p.pid)
+			touch(t, trigger)
+			code := r.wait(t, restoreTimeout)
+			out := p.out.String()
+			if code != 0 || lastLine(out) != "OK" {
+				t.Fatalf("statecheck after restore: exit %d; its output:\n%s\n"+
+					"cryo restore stderr:\n%s", code, out, r.stderr)
+			}
+			logCryo(t, "restore", r.stderr.String())
+		})
 	}
-	logCryo(t, "restore", r.stderr.String())
 }
 
 // TestUnsupportedState is acceptance item 5 of issue 7: a process holding state
