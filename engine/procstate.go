@@ -298,6 +298,12 @@ func readRlimits(pid int) ([]image.Rlimit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read rlimits: %w", err)
 	}
+	return parseLimits(b)
+}
+
+// parseLimits parses a limits file.
+func parseLimits(b []byte) ([]image.Rlimit, error) {
+	var err error
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) != rlimNlimits+1 {
 		return nil, fmt.Errorf("read rlimits: %d limits, want %d", len(lines)-1, rlimNlimits)
@@ -371,6 +377,11 @@ func readTimers(pid int, tids []int) ([]image.PosixTimer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read POSIX timers: %w", err)
 	}
+	return parseTimers(b, tids)
+}
+
+// parseTimers parses a timers file; tids are the threads of the process.
+func parseTimers(b []byte, tids []int) ([]image.PosixTimer, error) {
 	var out []image.PosixTimer
 	var cur *image.PosixTimer
 	for _, line := range strings.Split(string(b), "\n") {
@@ -380,6 +391,9 @@ func readTimers(pid int, tids []int) ([]image.PosixTimer, error) {
 		}
 		bad := func(err error) error {
 			return fmt.Errorf("parse POSIX timers: %q: %w", line, err)
+		}
+		if cur == nil && key != "ID" {
+			return nil, bad(errors.New("a field before the first ID"))
 		}
 		switch key {
 		case "ID":
@@ -393,15 +407,12 @@ func readTimers(pid int, tids []int) ([]image.PosixTimer, error) {
 			sig, v, _ := strings.Cut(val, "/")
 			n, err1 := strconv.Atoi(sig)
 			sv, err2 := strconv.ParseUint(v, 16, 64)
-			if cur == nil || errors.Join(err1, err2) != nil {
-				return nil, bad(errors.Join(err1, err2))
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, bad(err)
 			}
 			cur.Signo, cur.Value = n, sv
 		case "notify":
 			kind, target, _ := strings.Cut(val, "/")
-			if cur == nil {
-				return nil, bad(errors.New("before ID"))
-			}
 			switch kind {
 			case "signal":
 				cur.Notify = kabi.SIGEV_SIGNAL
@@ -425,7 +436,7 @@ func readTimers(pid int, tids []int) ([]image.PosixTimer, error) {
 			}
 		case "ClockID":
 			c, err := strconv.ParseInt(val, 10, 32)
-			if cur == nil || err != nil {
+			if err != nil {
 				return nil, bad(err)
 			}
 			cur.Clock = int32(c)
