@@ -111,3 +111,41 @@ func TestUnsupportedState(t *testing.T) {
 		})
 	}
 }
+
+// TestChrootRestored: a python3 program that chroots into a folder and works
+// there comes back with the same root and cwd (restored with chdir, then chroot,
+// by the paths cryo saw), and finds its trigger inside its root.
+func TestChrootRestored(t *testing.T) {
+	requireE2E(t)
+	const prog = `import os, sys, time
+d = sys.argv[1]
+want = os.stat(d)
+os.chroot(d)
+os.chdir("/")
+print("ready", flush=True)
+while not os.path.exists("/trigger"):
+    time.sleep(0.01)
+got = os.stat("/")
+print("same root" if (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino) else "other root",
+      os.getcwd(), flush=True)
+`
+	store := newStore(t)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, spawn{argv: []string{pythonBin, "-c", prog, root},
+		stdoutFile: filepath.Join(dir, "stdout")})
+	waitOutput(t, p.out, "ready\n", readyTimeout)
+	checkpoint(t, store, p.pid)
+	p.kill(t)
+
+	r := startRestore(t, store, "latest")
+	r.waitRunning(t, p.pid)
+	touch(t, filepath.Join(root, "trigger"))
+	r.restoreOK(t, p.out)
+	if out := p.out.String(); lastLine(out) != "same root /" {
+		t.Errorf("restored program printed:\n%s", out)
+	}
+}
