@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -23,21 +24,24 @@ import (
 
 // This file records and rebuilds the process-wide kernel state (image.Proc):
 // session and process group, umask, cwd and root, personality, rlimits,
-// credentials, no_new_privs, the dumpable flag, interval and POSIX timers,
-// pending signals, and per thread the scheduling attributes and the signals
-// queued to that thread.
+// credentials, no_new_privs, the dumpable and child-subreaper flags, interval
+// and POSIX timers, pending signals, and per thread the scheduling attributes,
+// CPU affinity, I/O priority, timer slack, alternate signal stack and the
+// signals queued to that thread.
 //
-// What can be read from outside is read from outside (/proc, prlimit64,
-// sched_getattr, PTRACE_PEEKSIGINFO); the rest (getitimer, timer_gettime,
-// securebits, dumpable) runs inside the stopped process through remote.Borrow.
-// On restore most of it is injected into the process, because those calls act on
-// their caller only.
+// What can be read from outside is read from outside (/proc, sched_getattr,
+// sched_getaffinity, ioprio_get, PTRACE_PEEKSIGINFO); the rest (getitimer,
+// timer_gettime, securebits, prctl flags, sigaltstack) runs inside the stopped
+// process through remote.Borrow. On restore most of it is injected into the
+// process, because those calls act on their caller only.
 //
-// State that cryo cannot rebuild makes readProcState fail with an error matching
-// ErrUnsupported that names it: a seccomp filter, namespaces other than cryo's,
-// a process that traces another, an execution domain other than PER_LINUX, a
-// deleted cwd or root, a POSIX timer on a clock or with a notification cryo
-// cannot make again.
+// State that cryo cannot rebuild makes the checkpoint fail with an error
+// matching ErrUnsupported that names it: a seccomp filter, namespaces other
+// than cryo's, threads with credentials of their own, a process that traces
+// another, an execution domain other than PER_LINUX, a cwd or root whose path no
+// longer names it, a POSIX timer on a clock or with a notification cryo cannot
+// make again. docs/DESIGN.md, "Process-wide state", gives the order of the
+// restore and what is not kept.
 
 // rlimNlimits is RLIM_NLIMITS: the number of resource limits (linux/resource.h).
 const rlimNlimits = 16
@@ -111,32 +115,10 @@ func readProcState(pid int) (*image.Proc, error) {
 		return nil, err
 	}
 	for _, tid := range tids {
-		a, err := kabi.SchedGetattr(tid)
+		tp, err := readThreadProc(tid)
 		if err != nil {
-			return nil, fmt.Errorf("read scheduling attributes of tid %d: %w", tid, err)
-		}
-		tp := image.ThreadProc{Tid: tid, Sched: image.Sched{Policy: a.Policy, Flags: a.Flags,
-			Nice: a.Nice, Priority: a.Priority, Runtime: a.Runtime, Deadline: a.Deadline,
-			Period: a.Period, UtilMin: a.UtilMin, UtilMax: a.UtilMax}}
-		if tp.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
 			return nil, err
 		}
-		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(tid, &set); err != nil {
-			return nil, fmt.Errorf("read CPU affinity of tid %d: %w", tid, err)
-		}
-		for _, w := range set {
-			tp.Affinity = append(tp.Affinity, uint64(w))
-		}
-		for len(tp.Affinity) > 0 && tp.Affinity[len(tp.Affinity)-1] == 0 {
-			tp.Affinity = tp.Affinity[:len(tp.Affinity)-1]
-		}
-		prio, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, kabi.IOPRIO_WHO_PROCESS,
-			uintptr(tid), 0)
-		if errno != 0 {
-			return nil, fmt.Errorf("read I/O priority of tid %d: %w", tid, errno)
-		}
-		tp.Ioprio = int(prio)
 		p.Threads = append(p.Threads, tp)
 	}
 	if err := checkPendingBlocked(p); err != nil {
@@ -148,6 +130,39 @@ func readProcState(pid int) (*image.Proc, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// readThreadProc reads what can be read from outside of thread tid: scheduling
+// attributes, signal queue, CPU affinity and I/O priority.
+func readThreadProc(tid int) (image.ThreadProc, error) {
+	tp := image.ThreadProc{Tid: tid}
+	a, err := kabi.SchedGetattr(tid)
+	if err != nil {
+		return tp, fmt.Errorf("read scheduling attributes of tid %d: %w", tid, err)
+	}
+	tp.Sched = image.Sched{Policy: a.Policy, Flags: a.Flags, Nice: a.Nice,
+		Priority: a.Priority, Runtime: a.Runtime, Deadline: a.Deadline, Period: a.Period,
+		UtilMin: a.UtilMin, UtilMax: a.UtilMax}
+	if tp.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
+		return tp, err
+	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(tid, &set); err != nil {
+		return tp, fmt.Errorf("read CPU affinity of tid %d: %w", tid, err)
+	}
+	for _, w := range set {
+		tp.Affinity = append(tp.Affinity, uint64(w))
+	}
+	for len(tp.Affinity) > 0 && tp.Affinity[len(tp.Affinity)-1] == 0 {
+		tp.Affinity = tp.Affinity[:len(tp.Affinity)-1]
+	}
+	prio, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, kabi.IOPRIO_WHO_PROCESS,
+		uintptr(tid), 0)
+	if errno != 0 {
+		return tp, fmt.Errorf("read I/O priority of tid %d: %w", tid, errno)
+	}
+	tp.Ioprio = int(prio)
+	return tp, nil
 }
 
 // readStatus reads /proc/PID/status into a map of its fields.
@@ -427,7 +442,7 @@ func parseTimers(b []byte, tids []int) ([]image.PosixTimer, error) {
 				if err != nil {
 					return nil, bad(err)
 				}
-				if !containsInt(tids, tid) {
+				if !slices.Contains(tids, tid) {
 					return nil, fmt.Errorf("POSIX timer %d signals thread %d, which is not "+
 						"a thread of the process: %w", cur.ID, tid, ErrUnsupported)
 				}
@@ -451,15 +466,6 @@ func parseTimers(b []byte, tids []int) ([]image.PosixTimer, error) {
 		}
 	}
 	return out, nil
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // checkPendingBlocked refuses a pending signal that its thread (for the shared
@@ -519,7 +525,7 @@ func readInside(pid int, p *image.Proc) error {
 	addr := (regs.Rsp - 128 - 512) &^ 15
 	saved := make([]byte, 64)
 	if err := remote.ReadMem(pid, addr, saved); err != nil {
-		return fmt.Errorf("read timers: no room below the stack: %w", err)
+		return fmt.Errorf("read process state: no room below the stack: %w", err)
 	}
 	defer remote.WriteMem(pid, addr, saved)
 	buf := make([]byte, 32)
@@ -647,7 +653,7 @@ func restoreProcState(t *remote.Task, im *image.Image, log *slog.Logger) error {
 		{"rlimits", restoreRlimits},
 		{"credentials", restoreCreds},
 		{"interval timers", restoreItimers},
-		{"POSIX timer times", armTimers},
+		{"arming of POSIX timers", armTimers},
 	}
 	for _, s := range steps {
 		if err := s.do(t, im, log); err != nil {
