@@ -63,6 +63,49 @@ func TestProcessState(t *testing.T) {
 	}
 }
 
+// TestProcessStateTwice: a restored statecheck, which cryo rebuilt with uid 1000,
+// capabilities, pending signals and timers, is checkpointed and restored again:
+// what cryo reads back from its own work restores as well.
+func TestProcessStateTwice(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	dir, err := os.MkdirTemp("/tmp", "statecheck-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	trigger := filepath.Join(dir, "trigger")
+	p := start(t, spawn{argv: []string{filepath.Join(binDir, "statecheck"), trigger, dir},
+		stdoutFile: filepath.Join(t.TempDir(), "stdout")})
+	waitOutput(t, p.out, "ready\n", readyTimeout)
+	checkpoint(t, store, p.pid)
+	p.kill(t)
+
+	// Eagerly, so that the restored process is not held by a page server.
+	first := startRestore(t, store, "latest", "--eager")
+	first.waitRunning(t, p.pid)
+	res := cryo(t, store, "checkpoint", "--kill", fmt.Sprint(p.pid))
+	if res.exit != 0 {
+		t.Fatalf("checkpoint of the restored statecheck: exit %d\n%s", res.exit, res.stderr)
+	}
+	if code := first.wait(t, restoreTimeout); code != 128+9 {
+		t.Errorf("first restore exited %d, want %d (its process killed by the checkpoint)",
+			code, 128+9)
+	}
+
+	second := startRestore(t, store, "latest")
+	second.waitRunning(t, p.pid)
+	touch(t, trigger)
+	code := second.wait(t, restoreTimeout)
+	if out := p.out.String(); code != 0 || lastLine(out) != "OK" {
+		t.Fatalf("statecheck after two restores: exit %d; its output:\n%s\ncryo restore "+
+			"stderr:\n%s", code, out, second.stderr)
+	}
+}
+
 // TestUnsupportedState is acceptance item 5 of issue 7: a process holding state
 // cryo cannot rebuild yet fails to checkpoint with an error naming that state;
 // it runs on, untraced, with the state intact, and the store stays empty.
