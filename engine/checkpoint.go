@@ -191,6 +191,9 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 			s.armed = false // the tracker may have re-armed for a snapshot that is not
 		}
 	}()
+	if err := precheckProcState(pid); err != nil { // before the process is touched
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
 
 	// The ptrace part runs on a goroutine locked to its OS thread, which ends with
 	// it (and so lets go of the process).
@@ -305,11 +308,8 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	pid := s.pid
 	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
-	// Refuse threads, and state cryo cannot rebuild, before touching the process.
+	// Refuse threads before touching the process at all.
 	if err := singleThreaded(pid); err != nil {
-		return fail(err)
-	}
-	if err := precheckProcState(pid); err != nil {
 		return fail(err)
 	}
 

@@ -26,12 +26,13 @@ import (
 // session and process group, umask, cwd and root, personality, rlimits,
 // credentials, no_new_privs, the dumpable and child-subreaper flags, interval
 // and POSIX timers, pending signals, and per thread the scheduling attributes,
-// CPU affinity, I/O priority, timer slack, alternate signal stack and the
-// signals queued to that thread.
+// CPU affinity, I/O priority, timer slack and the signals queued to that
+// thread. The alternate signal stack, like the rest of a thread's own state
+// (rseq, robust list, registers), is the thread code's.
 //
 // What can be read from outside is read from outside (/proc, sched_getattr,
 // sched_getaffinity, ioprio_get, PTRACE_PEEKSIGINFO); the rest (getitimer,
-// timer_gettime, securebits, prctl flags, sigaltstack) runs inside the stopped
+// timer_gettime, securebits, prctl flags, timer slack) runs inside the stopped
 // process through remote.Borrow. On restore most of it is injected into the
 // process, because those calls act on their caller only.
 //
@@ -511,7 +512,7 @@ func checkPendingBlocked(p *image.Proc) error {
 // readInside runs, in the stopped process, what only the process can ask:
 // getitimer, timer_gettime, securebits, the dumpable flag, the child subreaper
 // flag, and of the thread it runs in (the main thread; other threads would need
-// their own turn) the timer slack and the alternate signal stack. The kernel
+// their own turn) the timer slack. The kernel
 // writes the answers below the stack pointer, past the red zone (see
 // readSigactions); the bytes there are put back.
 func readInside(pid int, p *image.Proc) error {
@@ -589,17 +590,6 @@ func readInside(pid int, p *image.Proc) error {
 	if main.TimerSlack, err = b.Syscall(unix.SYS_PRCTL, kabi.PR_GET_TIMERSLACK); err != nil {
 		return fmt.Errorf("read timer slack: %w", err)
 	}
-	if _, err := b.Syscall(unix.SYS_SIGALTSTACK, 0, addr); err != nil {
-		return fmt.Errorf("read alternate signal stack: %w", err)
-	}
-	if err := remote.ReadMem(pid, addr, buf[:24]); err != nil {
-		return fmt.Errorf("read alternate signal stack: %w", err)
-	}
-	// stack_t: ss_sp, ss_flags (and padding), ss_size.
-	if flags := int32(le.Uint32(buf[8:])); flags&kabi.SS_DISABLE == 0 {
-		main.AltStack = &image.AltStack{Sp: le.Uint64(buf), Size: le.Uint64(buf[16:]),
-			Flags: flags &^ kabi.SS_ONSTACK}
-	}
 	return nil
 }
 
@@ -664,24 +654,11 @@ func restoreProcState(t *remote.Task, im *image.Image, log *slog.Logger) error {
 }
 
 // restoreThreadProc restores what the thread t is stopped in must set itself:
-// its timer slack and alternate signal stack. With several threads, each needs
-// its turn.
+// its timer slack. With several threads, each needs its turn.
 func restoreThreadProc(t *remote.Task, tp image.ThreadProc) error {
 	if tp.TimerSlack != 0 {
 		if _, err := t.Syscall(unix.SYS_PRCTL, kabi.PR_SET_TIMERSLACK, tp.TimerSlack); err != nil {
 			return fmt.Errorf("tid %d: set timer slack %d: %w", tp.Tid, tp.TimerSlack, err)
-		}
-	}
-	if a := tp.AltStack; a != nil {
-		scratch, _ := t.Scratch()
-		b := binary.LittleEndian.AppendUint64(nil, a.Sp)
-		b = binary.LittleEndian.AppendUint64(b, uint64(uint32(a.Flags)))
-		b = binary.LittleEndian.AppendUint64(b, a.Size)
-		if err := t.WriteMem(scratch, b); err != nil {
-			return err
-		}
-		if _, err := t.Syscall(unix.SYS_SIGALTSTACK, scratch, 0); err != nil {
-			return fmt.Errorf("tid %d: sigaltstack %#x size %d: %w", tp.Tid, a.Sp, a.Size, err)
 		}
 	}
 	return nil

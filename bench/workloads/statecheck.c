@@ -7,9 +7,9 @@
  * It becomes a session leader, changes to DIR, and sets signal handlers,
  * blocked and pending signals (process-wide and queued to itself alone),
  * interval timers, POSIX timers, rlimits, umask, personality, nice and
- * scheduling policy, CPU affinity, I/O priority, timer slack, an alternate
- * signal stack, the child subreaper flag, no_new_privs, a timerfd (relative
- * and absolute), a signalfd and a memfd; then drops to uid/gid 1000 with saved set ids 0,
+ * scheduling policy, CPU affinity, I/O priority, timer slack, the child
+ * subreaper flag, no_new_privs, a timerfd (relative and absolute), a signalfd
+ * and a memfd; then drops to uid/gid 1000 with saved set ids 0,
  * supplementary groups and a few capabilities (one of them ambient). It
  * writes "ready\n" to stdout and polls every 10 ms for TRIGGER to exist. A
  * test checkpoints it while it waits, kills it, restores it and creates
@@ -49,9 +49,6 @@
 #define NICE 7
 #define IOPRIO ((2 << 13) | 5) /* IOPRIO_CLASS_BE, level 5 */
 #define SLACK 123456
-#define ALTSTACK_SIZE 65536
-
-static char altstack[ALTSTACK_SIZE];
 
 static int failures;
 static int tfd_rel, tfd_abs, tfd_fired, sfd, mfd;
@@ -168,9 +165,6 @@ static void setup(const char *where)
 		die("timer slack");
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
 		die("child subreaper");
-	stack_t ss = {.ss_sp = altstack, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
-	if (sigaltstack(&ss, NULL) < 0)
-		die("sigaltstack");
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		struct rlimit r = {limits[i].cur, limits[i].max};
 		if (setrlimit(limits[i].res, &r) < 0)
@@ -525,11 +519,6 @@ static void check_process(void)
 	prctl(PR_GET_CHILD_SUBREAPER, &sub, 0, 0, 0);
 	if (sub != 1)
 		fail("child subreaper", "%d", sub);
-	stack_t ss;
-	sigaltstack(NULL, &ss);
-	if (ss.ss_sp != altstack || ss.ss_size != ALTSTACK_SIZE || ss.ss_flags != 0)
-		fail("sigaltstack", "%p size %zu flags %d, want %p %d 0", ss.ss_sp, ss.ss_size,
-		     ss.ss_flags, (void *)altstack, ALTSTACK_SIZE);
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		struct rlimit r;
 		getrlimit(limits[i].res, &r);

@@ -131,16 +131,6 @@ type ThreadProc struct {
 	// TimerSlack is the timer slack in nanoseconds (PR_GET_TIMERSLACK); 0 when
 	// not recorded.
 	TimerSlack uint64 `json:"timer_slack,omitempty"`
-
-	// AltStack is the alternate signal stack (sigaltstack), nil when none.
-	AltStack *AltStack `json:"alt_stack,omitempty"`
-}
-
-// AltStack is a stack_t of sigaltstack(2), without SS_ONSTACK.
-type AltStack struct {
-	Sp    uint64 `json:"sp"`
-	Flags int32  `json:"flags,omitempty"` // SS_AUTODISARM
-	Size  uint64 `json:"size"`
 }
 
 // Sched is struct sched_attr (sched_getattr(2)): policy, flags, nice, priority

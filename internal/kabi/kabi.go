@@ -54,13 +54,6 @@ const TFD_IOC_SET_TICKS = 0x40085400
 // ioprio_get/ioprio_set "which" (linux/ioprio.h).
 const IOPRIO_WHO_PROCESS = 1
 
-// sigaltstack flags (asm-generic/signal-defs.h).
-const (
-	SS_ONSTACK    = 1
-	SS_DISABLE    = 2
-	SS_AUTODISARM = 1 << 31
-)
-
 // Personality: the execution domain is the low byte; PER_LINUX is 0.
 const PER_MASK = 0xff
 

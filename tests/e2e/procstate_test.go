@@ -17,7 +17,7 @@ func init() {
 // TestProcessState is acceptance item 4 of issue 7: statecheck sets handlers,
 // pending signals (process-wide and to its own thread), interval timers, POSIX
 // timers, rlimits, umask, cwd, personality, scheduling, CPU affinity, I/O
-// priority, timer slack, an alternate signal stack, the subreaper flag,
+// priority, timer slack, the subreaper flag,
 // no_new_privs, a session of its own, timerfds, a signalfd and a memfd, and drops
 // to uid and gid 1000 with saved set ids 0, groups and capabilities; it is
 // checkpointed, killed and restored (lazily, then eagerly), then checks every
