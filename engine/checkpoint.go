@@ -197,6 +197,9 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 			s.armed = false // the tracker may have re-armed for a snapshot that is not
 		}
 	}()
+	if err := precheckProcState(pid); err != nil { // before the process is touched
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
 
 	// The ptrace part runs on a goroutine locked to its OS thread, which ends with
 	// it (and so lets go of the process).
@@ -340,6 +343,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	}
 	im.Stopped = jobStopped
 	if im.Sigactions, err = readSigactions(pid); err != nil {
+		return fail(err)
+	}
+	if im.Proc, err = readProcState(pid); err != nil {
 		return fail(err)
 	}
 	tImage := time.Now()

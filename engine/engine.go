@@ -13,9 +13,10 @@
 // all at once before the process runs.
 //
 // Scope: single-threaded x86-64 processes, checkpointed and restored on the same
-// kernel. A process cryo cannot rebuild faithfully (threads, sockets, io_uring,
-// deleted files) is refused at checkpoint with an error that names what is in the
-// way, and is left running untouched.
+// kernel, with their process-wide kernel state (procstate.go). A process cryo
+// cannot rebuild faithfully (threads, sockets, io_uring, deleted files, a seccomp
+// filter, namespaces of its own) is refused at checkpoint with an error that names
+// what is in the way, and is left running untouched.
 package engine
 
 import (

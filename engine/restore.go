@@ -559,6 +559,9 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 	if err := restoreSigactions(task, im.Sigactions); err != nil {
 		return nil, err
 	}
+	if err := restoreProcState(task, im, log, false); err != nil {
+		return nil, err
+	}
 	others := make([]*remote.Task, 0, len(im.Threads)-1)
 	defer func() {
 		if err != nil {
@@ -579,6 +582,9 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		if err := restoreThread(t, th, false); err != nil {
 			return nil, err
 		}
+		if err := restoreOtherThreadProc(t, im, log); err != nil {
+			return nil, err
+		}
 		regs, err := finalRegs(t, pid, th)
 		if err != nil {
 			return nil, err
@@ -586,6 +592,9 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		if err := ptrace.SetRegs(t.Pid(), &regs); err != nil {
 			return nil, fmt.Errorf("set registers of tid %d: %w", t.Pid(), err)
 		}
+	}
+	if err := restoreProcState(task, im, log, true); err != nil {
+		return nil, err
 	}
 	leader := im.Threads[0]
 	if err := restoreThread(task, leader, true); err != nil {

@@ -115,6 +115,7 @@ func printInspect(o inspectJSON) {
 	}
 	fmt.Printf("process   pid %d, %s (%s), %d thread(s), kernel %s\n", im.Pid, im.Comm, im.Exe,
 		len(im.Threads), im.Kernel)
+	printProc(im.Proc)
 	s := o.Stats
 	fmt.Printf("pages     %d (%s): %d zero (stored as nothing), %d new, %d deduplicated, "+
 		"%d carried from the parent\n", s.Pages, bytesString(s.LogicalBytes), s.ZeroPages,
@@ -151,6 +152,13 @@ func fdDetail(f image.FD) string {
 			f.Eventfd.Semaphore, f.Flags, cloexec)
 	case f.Epoll != nil:
 		return fmt.Sprintf("%d watches%s", len(f.Epoll.Watches), cloexec)
+	case f.Timerfd != nil:
+		return timerfdDetail(f.Timerfd) + cloexec
+	case f.Signalfd != nil:
+		return fmt.Sprintf("mask %#x%s", f.Signalfd.Mask, cloexec)
+	case f.Memfd != nil:
+		return fmt.Sprintf("%q %d bytes, seals %#x, pos %d%s", f.Memfd.Name, f.Memfd.Size,
+			f.Memfd.Seals, f.Pos, cloexec)
 	case f.Pipe != nil:
 		end := "write end"
 		if f.Pipe.ReadEnd {

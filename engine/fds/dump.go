@@ -164,7 +164,13 @@ func classify(pid int, ds []*desc) error {
 func classifyOne(pid int, d *desc, byNum map[int]*desc) error {
 	fd := &d.fd
 	link := d.link
+	if ok, err := classifySpecial(pid, d); ok {
+		return err
+	}
 	switch {
+	case strings.HasPrefix(link, "/memfd:"):
+		return classifyMemfd(pid, d, byNum)
+
 	case strings.HasPrefix(link, "/"):
 		return classifyPath(d)
 
@@ -219,9 +225,6 @@ func classifyPath(d *desc) error {
 	fd := &d.fd
 	link := d.link
 
-	if strings.HasPrefix(link, "/memfd:") {
-		return &UnsupportedError{FD: fd.Num, Kind: link + " (memfd)"}
-	}
 	if strings.HasSuffix(link, procfs.DeletedSuffix) && d.st.Nlink == 0 {
 		return &UnsupportedError{FD: fd.Num, Kind: link + " (deleted file)"}
 	}

@@ -7,8 +7,9 @@
 // Supported kinds: regular files, directories and a few stateless character
 // devices (reopened by path), pipes whose both ends the process holds (with the
 // bytes buffered in them), eventfds, epoll instances with their interest lists,
-// and stdio: fds 0, 1 and 2 on a terminal or on a pipe that leads out of the
-// process, reconnected on restore to the restorer's own stdio or to a file.
+// timerfds, signalfds, memfds (see special.go), and stdio: fds 0, 1 and 2 on a
+// terminal or on a pipe that leads out of the process, reconnected on restore to
+// the restorer's own stdio or to a file.
 // Descriptors that share an open file description (dup) are recorded as such and
 // restored with dup3. Anything else makes Dump fail with an *UnsupportedError.
 package fds

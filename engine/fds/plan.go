@@ -57,7 +57,12 @@ var opNames = [...]string{"close", "dup3", "openat", "pipe2", "eventfd2", "epoll
 	"F_SETFD", "F_SETFL", "F_SETPIPE_SZ", "lseek", "eventfd write", "fill pipe",
 	"check file", "epoll_ctl"}
 
-func (c opCode) String() string { return opNames[c] }
+func (c opCode) String() string {
+	if n, ok := specialNames[c]; ok {
+		return n
+	}
+	return opNames[c]
+}
 
 // op is one step of a restore plan.
 type op struct {
@@ -192,6 +197,12 @@ func validate(fds []image.FD, byNum map[int]*image.FD) error {
 			}
 			continue
 		}
+		if ok, err := validateSpecial(fd); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		switch fd.Kind {
 		case image.FDFile:
 			if fd.Path == "" {
@@ -295,7 +306,9 @@ func (p *planner) create(fd *image.FD, byNum map[int]*image.FD, stdio Stdio) {
 		p.pipe(fd, byNum)
 
 	default:
-		panic(fmt.Sprintf("fds: plan for kind %q", fd.Kind)) // validate let it through
+		if !p.createSpecial(fd) {
+			panic(fmt.Sprintf("fds: plan for kind %q", fd.Kind)) // validate let it through
+		}
 	}
 }
 

@@ -124,7 +124,7 @@ func (x *executor) run(o *op) error {
 		}
 		return err
 	default:
-		panic(fmt.Sprintf("fds: unknown op %d", o.code))
+		ret, err = x.runSpecial(o)
 	}
 	if err != nil {
 		return fmt.Errorf("%v: %w", o.code, err)
@@ -132,7 +132,7 @@ func (x *executor) run(o *op) error {
 
 	// A creation must return the number the plan expects.
 	switch o.code {
-	case opOpen, opEventfd, opEpoll:
+	case opOpen, opEventfd, opEpoll, opTimerfd, opSignalfd, opMemfd:
 		if int(ret) != o.fd {
 			return fmt.Errorf("%v returned fd %d, the plan expected %d: the target has "+
 				"descriptors the plan did not know", o.code, int(ret), o.fd)

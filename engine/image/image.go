@@ -19,6 +19,9 @@ import (
 // clear_child_tid and alternate signal stack. A version 1 image has exactly one
 // thread and none of these; it still restores, the thread without them, as
 // version 1 restored it.
+//
+// Version 2 also added Proc and the timerfd, signalfd and memfd kinds of FD; a
+// version 1 image decodes with Proc nil.
 const Version = 2
 
 // Image describes one checkpointed process.
@@ -49,6 +52,9 @@ type Image struct {
 	Threads []Thread `json:"threads"`
 
 	FDs []FD `json:"fds"`
+
+	// Proc is the process-wide kernel state (version 2 on; nil before).
+	Proc *Proc `json:"proc,omitempty"`
 }
 
 // MM holds the fields that prctl(PR_SET_MM_MAP) restores, read from /proc/PID/stat
@@ -248,6 +254,10 @@ type FD struct {
 	Pipe    *Pipe    `json:"pipe,omitempty"`
 	Eventfd *Eventfd `json:"eventfd,omitempty"`
 	Epoll   *Epoll   `json:"epoll,omitempty"`
+
+	Timerfd  *Timerfd  `json:"timerfd,omitempty"`
+	Signalfd *Signalfd `json:"signalfd,omitempty"`
+	Memfd    *Memfd    `json:"memfd,omitempty"`
 }
 
 // Pipe describes one end of a pipe. The two ends share an ID (the pipe inode);
