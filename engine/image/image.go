@@ -199,6 +199,7 @@ type FD struct {
 	Pipe    *Pipe    `json:"pipe,omitempty"`
 	Eventfd *Eventfd `json:"eventfd,omitempty"`
 	Epoll   *Epoll   `json:"epoll,omitempty"`
+	Socket  *Socket  `json:"socket,omitempty"`
 }
 
 // Pipe describes one end of a pipe. The two ends share an ID (the pipe inode);
