@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -127,6 +128,11 @@ func setupSocket(c int, s *image.Socket) error {
 	if s.Local == nil || s.State == image.SocketPair || s.State == image.SocketReset {
 		return nil
 	}
+	if s.State == image.SocketConnected && autobound6(s) {
+		// Binding would set IPV6_V6ONLY, which the socket did not have: it
+		// got its address when it connected, and gets one again so.
+		return nil
+	}
 
 	if s.Local.Path != "" {
 		if err := removeStaleSocketFile(s.Local.Path, s.File); err != nil {
@@ -171,6 +177,18 @@ func removeStaleSocketFile(path string, f *image.SockFile) error {
 		return &os.PathError{Op: "remove stale socket file", Path: path, Err: err}
 	}
 	return nil
+}
+
+// autobound6 reports whether an IPv6 socket's address must come from connect
+// rather than bind: binding to a specific IPv6 address (not v4-mapped) sets
+// IPV6_V6ONLY, so a socket with such an address and without IPV6_V6ONLY was
+// never bound to it, and the kernel chose its port.
+func autobound6(s *image.Socket) bool {
+	if s.Family != unix.AF_INET6 || recordedOpt(s, "IPV6_V6ONLY") != 0 {
+		return false
+	}
+	ip, err := netip.ParseAddr(s.Local.IP)
+	return err == nil && !ip.IsUnspecified() && !ip.Is4In6()
 }
 
 func findRecorded(s *image.Socket, name string) *image.SockOpt {
