@@ -44,6 +44,11 @@ type CheckpointOptions struct {
 
 	// Metrics, when set, records every checkpoint.
 	Metrics *Metrics
+
+	// Established says what to do with the process's connections to outside
+	// it: fds.EstablishedClose (the default) records them to be restored
+	// reset, fds.EstablishedRefuse fails the checkpoint naming the fd.
+	Established fds.Established
 }
 
 // Result describes a finished checkpoint.
@@ -497,7 +502,7 @@ func (s *Session) readImage() (*image.Image, error) {
 	}
 	im.Threads = []image.Thread{th}
 
-	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{}); err != nil {
+	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{Established: s.opts.Established}); err != nil {
 		return nil, fmt.Errorf("%w", err)
 	}
 	return im, nil
