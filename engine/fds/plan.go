@@ -60,7 +60,6 @@ const (
 	opListen                    // listen(fd, val)
 	opShutdown                  // shutdown(fd, val)
 	opSockSetup                 // cryo sets options on fd's socket and binds it
-	opSockFinish                // cryo puts back the SO_REUSEADDR bind needed
 	opSockReset                 // cryo connects fd's TCP socket and has the peer reset it
 	opSockFill                  // cryo sends msgs on fd, to be queued at its peer
 	opSockConnect               // cryo connects fd's socket to its recorded peer
@@ -69,7 +68,7 @@ const (
 var opNames = [...]string{"close", "dup3", "openat", "pipe2", "eventfd2", "epoll_create1",
 	"F_SETFD", "F_SETFL", "F_SETPIPE_SZ", "lseek", "eventfd write", "fill pipe",
 	"check file", "epoll_ctl", "socket", "socketpair", "listen", "shutdown",
-	"set up socket", "finish socket", "reset connection", "queue socket data",
+	"set up socket", "reset connection", "queue socket data",
 	"connect"}
 
 func (c opCode) String() string { return opNames[c] }

@@ -136,7 +136,7 @@ func (x *executor) run(o *op) error {
 			err = fmt.Errorf("epoll_ctl add fd %d: %w", o.to, err)
 		}
 		return err
-	case opSocket, opSocketPair, opListen, opShutdown, opSockSetup, opSockFinish,
+	case opSocket, opSocketPair, opListen, opShutdown, opSockSetup,
 		opSockReset, opSockFill, opSockConnect:
 		return x.runSocket(o)
 	default:

@@ -56,9 +56,6 @@ func (p *planner) socket(fd *image.FD, byNum map[int]*image.FD) {
 		if s.State == image.SocketListen {
 			p.emit(op{code: opListen, fd: fd.Num, val: uint64(s.Backlog), rec: fd})
 		}
-		if tempReuseAddr(s) {
-			p.emit(op{code: opSockFinish, fd: fd.Num, rec: fd})
-		}
 	}
 	p.setNonblock(fd)
 }
@@ -124,14 +121,6 @@ func shutdownHow(bits int) (int, bool) {
 		return unix.SHUT_RDWR, true
 	}
 	return 0, false
-}
-
-// tempReuseAddr reports whether restore binds s with SO_REUSEADDR on and puts the
-// recorded value back after: a TCP socket with an address, whose port the
-// connections of the dead original may still hold in TIME_WAIT.
-func tempReuseAddr(s *image.Socket) bool {
-	return s.Protocol == unix.IPPROTO_TCP && s.Local != nil && s.Local.Port != 0 &&
-		(s.State == image.SocketListen || s.State == image.SocketBound)
 }
 
 // validateSocket checks a socket FD for what the plan and executor rely on.

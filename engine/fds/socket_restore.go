@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine/image"
+	"github.com/cryo-dev/cryo/internal/sockdiag"
 )
 
 // runSocket runs the socket steps of a plan. The steps cryo runs itself act on a
@@ -66,8 +67,6 @@ func (x *executor) runSocket(o *op) error {
 	switch o.code {
 	case opSockSetup:
 		return setupSocket(c, s)
-	case opSockFinish:
-		return setSockOpt(c, findSockOpt("SO_REUSEADDR"), recordedOpt(s, "SO_REUSEADDR"))
 	case opSockReset:
 		return resetTCP(c, s.Family)
 	case opSockFill:
@@ -109,20 +108,12 @@ func setupSocket(c int, s *image.Socket) error {
 	for _, rec := range s.Options {
 		o := findSockOpt(rec.Name)
 		v := rec.Value
-		if o.name == "SO_REUSEADDR" && tempReuseAddr(s) {
-			v = 1 // put back once listening: see tempReuseAddr
-		}
 		cur, err := getSockOpt(c, o)
 		if err == nil && cur == v {
 			continue
 		}
 		if err := setSockOpt(c, o, v); err != nil {
 			return fmt.Errorf("setsockopt %s %d: %w", o.name, v, err)
-		}
-	}
-	if tempReuseAddr(s) && findRecorded(s, "SO_REUSEADDR") == nil {
-		if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return fmt.Errorf("setsockopt SO_REUSEADDR 1: %w", err)
 		}
 	}
 	if s.Local == nil || s.State == image.SocketPair || s.State == image.SocketReset {
@@ -143,7 +134,11 @@ func setupSocket(c int, s *image.Socket) error {
 	if err != nil {
 		return err
 	}
-	if err := unix.Bind(c, sa); err != nil {
+	err = unix.Bind(c, sa)
+	if err == unix.EADDRINUSE && s.Protocol == unix.IPPROTO_TCP {
+		err = bindPastTimeWait(c, sa, s)
+	}
+	if err != nil {
 		return fmt.Errorf("bind to %s: %w", addrString(s.Local), err)
 	}
 	if s.Local.Path != "" && s.File != nil {
@@ -155,6 +150,32 @@ func setupSocket(c int, s *image.Socket) error {
 		}
 	}
 	return nil
+}
+
+// bindPastTimeWait ends the TIME_WAIT connections on the port of s, then binds
+// again. The connections that the checkpointed process accepted and closed
+// last stay in TIME_WAIT on its listening port for a minute; unless it set
+// SO_REUSEADDR before they were made, they keep the port from being bound, which
+// is as true of the program restarting on its own. Restoring it means that
+// its old connections are over: cryo ends them (sock_diag SOCK_DESTROY, as
+// ss -K does) rather than wait.
+func bindPastTimeWait(c int, sa unix.Sockaddr, s *image.Socket) error {
+	ip, _ := netip.ParseAddr(s.Local.IP)
+	n, err := sockdiag.DestroyTimeWait(uint8(s.Family), ip, uint16(s.Local.Port))
+	if s.Family == unix.AF_INET6 && err == nil {
+		// A dual-stack listener's IPv4 connections are IPv4 in sock_diag.
+		var m int
+		m, err = sockdiag.DestroyTimeWait(unix.AF_INET, ip.Unmap(), uint16(s.Local.Port))
+		n += m
+	}
+	if err != nil {
+		return fmt.Errorf("%w (and ending the TIME_WAIT connections on the port failed: %v)",
+			unix.EADDRINUSE, err)
+	}
+	if n == 0 {
+		return unix.EADDRINUSE
+	}
+	return unix.Bind(c, sa)
 }
 
 // removeStaleSocketFile removes the socket file at path if it is the one the

@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"golang.org/x/sys/unix"
 )
@@ -92,7 +93,7 @@ func InetByInode(family, protocol uint8, states uint32, ino uint32) (*Inet, erro
 	binary.NativeEndian.PutUint32(req[52:], ^uint32(0))
 
 	var found *Inet
-	err := query(req, true, func(msg []byte) error {
+	err := query(unix.SOCK_DIAG_BY_FAMILY, req, true, func(msg []byte) error {
 		if len(msg) < sizeofInetDiagMsg {
 			return fmt.Errorf("inet_diag_msg of %d bytes", len(msg))
 		}
@@ -125,7 +126,7 @@ func UnixByInode(ino uint32) (*Unix, error) {
 	binary.NativeEndian.PutUint32(req[20:], ^uint32(0))
 
 	var found *Unix
-	err := query(req, false, func(msg []byte) error {
+	err := query(unix.SOCK_DIAG_BY_FAMILY, req, false, func(msg []byte) error {
 		u, err := parseUnix(msg)
 		if err != nil {
 			return err
@@ -207,9 +208,72 @@ func attrs(b []byte, f func(typ uint16, v []byte) error) error {
 	return nil
 }
 
-// query sends one SOCK_DIAG_BY_FAMILY request with body req (a dump when dump is
-// set) and calls f with the body of every answer until the kernel is done.
-func query(req []byte, dump bool, f func(msg []byte) error) error {
+// DestroyTimeWait ends the TCP connections in TIME_WAIT of family (AF_INET or
+// AF_INET6) whose local port is port and whose local address is addr (any
+// address when addr is unspecified or invalid), with SOCK_DESTROY
+// (CONFIG_INET_DIAG_DESTROY; TIME_WAIT sockets from Linux 4.5 on, which
+// needs CAP_NET_ADMIN). It returns how many it ended. A connection that ends by
+// itself meanwhile is not an error.
+func DestroyTimeWait(family uint8, addr netip.Addr, port uint16) (int, error) {
+	const timeWait = 6
+	req := make([]byte, sizeofInetDiagReqV2)
+	req[0] = family
+	req[1] = unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(req[4:], 1<<timeWait)
+	binary.NativeEndian.PutUint32(req[48:], ^uint32(0))
+	binary.NativeEndian.PutUint32(req[52:], ^uint32(0))
+
+	// inet_diag_sockid: sport and dport big-endian, src and dst (16 bytes
+	// each, an IPv4 address in the first 4), interface, cookie.
+	var ids [][]byte
+	err := query(unix.SOCK_DIAG_BY_FAMILY, req, true, func(msg []byte) error {
+		if len(msg) < sizeofInetDiagMsg {
+			return fmt.Errorf("inet_diag_msg of %d bytes", len(msg))
+		}
+		id := msg[4:52]
+		if binary.BigEndian.Uint16(id) != port || msg[1] != timeWait {
+			return nil
+		}
+		if addr.IsValid() && !addr.IsUnspecified() {
+			var src netip.Addr
+			if family == unix.AF_INET {
+				src = netip.AddrFrom4([4]byte(id[4:8]))
+			} else {
+				src = netip.AddrFrom16([16]byte(id[4:20]))
+			}
+			if src.Unmap() != addr.Unmap() {
+				return nil
+			}
+		}
+		ids = append(ids, append([]byte{}, id...))
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("inet_diag dump of TIME_WAIT connections: %w", err)
+	}
+	n := 0
+	for _, id := range ids {
+		copy(req[8:], id)
+		err := query(sockDestroy, req, false, func([]byte) error { return nil })
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("destroy a TIME_WAIT connection of port %d: %w", port, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// sockDestroy is SOCK_DESTROY of linux/sock_diag.h.
+const sockDestroy = 21
+
+// query sends one request of type typ (SOCK_DIAG_BY_FAMILY or SOCK_DESTROY)
+// with body req (a dump when dump is set) and calls f with the body of every
+// answer until the kernel is done. A request that is not a dump asks for an
+// acknowledgement.
+func query(typ uint16, req []byte, dump bool, f func(msg []byte) error) error {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC,
 		unix.NETLINK_SOCK_DIAG)
 	if err != nil {
@@ -217,14 +281,14 @@ func query(req []byte, dump bool, f func(msg []byte) error) error {
 	}
 	defer unix.Close(s)
 
-	flags := uint16(unix.NLM_F_REQUEST)
+	flags := uint16(unix.NLM_F_REQUEST | unix.NLM_F_ACK)
 	if dump {
-		flags |= unix.NLM_F_DUMP
+		flags = unix.NLM_F_REQUEST | unix.NLM_F_DUMP
 	}
 	const seq = 1
 	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(req))
 	binary.NativeEndian.PutUint32(msg[0:], uint32(unix.SizeofNlMsghdr+len(req)))
-	binary.NativeEndian.PutUint16(msg[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(msg[4:], typ)
 	binary.NativeEndian.PutUint16(msg[6:], flags)
 	binary.NativeEndian.PutUint32(msg[8:], seq)
 	msg = append(msg, req...)

@@ -2,6 +2,8 @@ package sockdiag
 
 import (
 	"bytes"
+	"net/netip"
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -93,5 +95,56 @@ func TestUnixPair(t *testing.T) {
 	}
 	if _, err := UnixByInode(1); err == nil {
 		t.Errorf("inode 1 found as a unix socket")
+	}
+}
+
+// TestDestroyTimeWait leaves a connection in TIME_WAIT on a listener's port, so
+// that binding the port fails, and ends it.
+func TestDestroyTimeWait(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SOCK_DESTROY needs CAP_NET_ADMIN: run as root")
+	}
+	loop := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(l, loop); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(l, 1); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(l)
+	port := sa.(*unix.SockaddrInet4).Port
+	c, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(c)
+	if err := unix.Connect(c, sa); err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(a) // the server side closes first: its end goes to TIME_WAIT
+	unix.Close(l)
+	unix.Read(c, make([]byte, 1)) // the FIN is in
+	unix.Close(c)
+
+	n, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(n)
+	loop.Port = port
+	if err := unix.Bind(n, loop); err != unix.EADDRINUSE {
+		t.Fatalf("bind to the port with a connection in TIME_WAIT: %v, want EADDRINUSE", err)
+	}
+	ended, err := DestroyTimeWait(unix.AF_INET, netip.MustParseAddr("127.0.0.1"), uint16(port))
+	if err != nil || ended < 1 {
+		t.Fatalf("DestroyTimeWait: %d, %v; want at least the one connection", ended, err)
+	}
+	if err := unix.Bind(n, loop); err != nil {
+		t.Errorf("bind after DestroyTimeWait: %v", err)
 	}
 }
