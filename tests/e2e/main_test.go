@@ -35,7 +35,8 @@ var (
 )
 
 // cWorkloads are the C programs in bench/workloads, built with gcc -O2.
-var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "syscallwait"}
+var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "sockserve",
+	"syscallwait"}
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
