@@ -176,3 +176,87 @@ func TestEstablishedRefused(t *testing.T) {
 		t.Errorf("sockserve after the refused checkpoint: exit %d, output:\n%s", code, s.p.out)
 	}
 }
+
+// TestAsyncioServer is acceptance item 3: a python3 asyncio server on a
+// listening socket (with asyncio's own epoll and self-pipe socket pair) is
+// checkpointed, killed and restored lazily; it serves new clients at once, one
+// at a time and several together, with the table and the counter it had.
+func TestAsyncioServer(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	dir := t.TempDir()
+	p := start(t, spawn{argv: []string{pythonBin, filepath.Join(workloadsDir, "asyncserve.py")},
+		stdoutFile: filepath.Join(dir, "stdout")})
+	out := waitOutput(t, p.out, "\n", readyTimeout)
+	var port int
+	if _, err := fmt.Sscanf(out, "ready port=%d", &port); err != nil {
+		t.Fatalf("asyncserve printed %q: %v", out, err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	query := func(key string) string {
+		t.Helper()
+		c, err := net.DialTimeout("tcp4", addr, 10*time.Second)
+		if err != nil {
+			t.Errorf("connect to the asyncio server: %v", err)
+			return ""
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write([]byte(key + "\n")); err != nil {
+			t.Errorf("send %q to the asyncio server: %v", key, err)
+			return ""
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Errorf("read the asyncio server's answer to %q: %v", key, err)
+		}
+		return strings.TrimSpace(line)
+	}
+	if got := query("k5"); got != "1 k5 25" {
+		t.Fatalf("asyncio server answered %q, want \"1 k5 25\"", got)
+	}
+
+	id := checkpoint(t, store, p.pid)
+	p.kill(t)
+	r := startRestore(t, store, id)
+	r.waitRunning(t, p.pid)
+	first := time.Now()
+	if got := query("k199999"); got != "2 k199999 39999600001" {
+		t.Errorf("restored asyncio server answered %q, want \"2 k199999 39999600001\"", got)
+	}
+	t.Logf("timing: first answer of the restored server %v after cryo restore started "+
+		"(%v after it ran)", time.Since(r.started), time.Since(first))
+
+	// Several clients at once.
+	answers := make(chan string, 8)
+	for i := range 8 {
+		go func() { answers <- query(fmt.Sprintf("k%d", 1000+i)) }()
+	}
+	seen := map[string]bool{}
+	for range 8 {
+		a := <-answers
+		var n, key, val string
+		if f := strings.Fields(a); len(f) == 3 {
+			n, key, val = f[0], f[1], f[2]
+		}
+		var i int
+		fmt.Sscanf(key, "k%d", &i)
+		if seen[n] || val != fmt.Sprint(i*i) || i < 1000 || i >= 1008 {
+			t.Errorf("concurrent client got %q", a)
+		}
+		seen[n] = true
+	}
+	for i := 3; i <= 10; i++ {
+		if !seen[fmt.Sprint(i)] {
+			t.Errorf("no concurrent client was client number %d; answers had %v", i, seen)
+		}
+	}
+
+	if got := query("quit"); got != "bye" {
+		t.Errorf("asyncio server answered %q to quit", got)
+	}
+	r.restoreOK(t, p.out)
+	if !strings.Contains(p.out.String(), "served 10") {
+		t.Errorf("asyncio server's output after quit:\n%s", p.out)
+	}
+}
