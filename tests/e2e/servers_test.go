@@ -84,6 +84,53 @@ func firstReply(t *testing.T, addr, req, want string, since time.Time) time.Dura
 	}
 }
 
+// firstReplyRestored is firstReply for a restored server: on failure it says
+// what cryo restore printed and where the restored threads are.
+func firstReplyRestored(t *testing.T, r *restoreRun, addr, req, want string) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(cryoTimeout)
+	for {
+		c, err := net.DialTimeout("tcp4", addr, time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte(req))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, want) {
+				return time.Since(r.started)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q from the restored server at %s within %v; its threads:\n%s\n"+
+				"cryo restore's stderr:\n%s", want, addr, cryoTimeout, threadStates(r.readPid()),
+				r.stderr)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// threadStates describes where the threads of pid are: state, wchan, syscall.
+func threadStates(pid int) string {
+	var b strings.Builder
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err.Error()
+	}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, task.Name())
+		stat, _ := os.ReadFile(dir + "stat")
+		wchan, _ := os.ReadFile(dir + "wchan")
+		sc, _ := os.ReadFile(dir + "syscall")
+		state := ""
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+3 < len(stat) {
+			state = string(stat[i+2 : i+3])
+		}
+		fmt.Fprintf(&b, "  tid %s state %s wchan %s syscall %s\n", task.Name(), state, wchan,
+			strings.TrimSpace(string(sc)))
+	}
+	return b.String()
+}
+
 // redisConn is a minimal RESP client.
 type redisConn struct {
 	c net.Conn
@@ -227,7 +274,7 @@ func TestRedisUnderLoad(t *testing.T) {
 	b.kill(t)
 
 	r := startRestore(t, store, id)
-	restoreTook := firstReply(t, addr, "PING\r\n", "+PONG", r.started)
+	restoreTook := firstReplyRestored(t, r, addr, "PING\r\n", "+PONG")
 	t.Logf("timing: cryo restore to redis's first reply: %v (noisy: a shared 2-CPU VM)",
 		restoreTook)
 
@@ -436,7 +483,7 @@ func TestMemcachedUnderLoad(t *testing.T) {
 	}
 
 	r := startRestore(t, store, id)
-	took := firstReply(t, addr, "version\r\n", "VERSION", r.started)
+	took := firstReplyRestored(t, r, addr, "version\r\n", "VERSION")
 	t.Logf("timing: cryo restore to memcached's first reply: %v (noisy: a shared 2-CPU VM)",
 		took)
 
