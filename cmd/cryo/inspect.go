@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/cryo-dev/cryo/engine/fds"
 	"github.com/cryo-dev/cryo/engine/image"
 )
 
@@ -151,6 +152,8 @@ func fdDetail(f image.FD) string {
 			f.Eventfd.Semaphore, f.Flags, cloexec)
 	case f.Epoll != nil:
 		return fmt.Sprintf("%d watches%s", len(f.Epoll.Watches), cloexec)
+	case f.Socket != nil:
+		return fds.SocketString(f.Socket) + cloexec
 	case f.Pipe != nil:
 		end := "write end"
 		if f.Pipe.ReadEnd {

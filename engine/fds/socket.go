@@ -460,3 +460,48 @@ func socketKind(domain, typ, proto int) string {
 	}
 	return " (" + fam + " socket)"
 }
+
+// SocketString describes a recorded socket for people, as "TCP listen
+// 127.0.0.1:6379 backlog 511" or "unix stream pair 4711, 5 bytes queued".
+func SocketString(s *image.Socket) string {
+	var b strings.Builder
+	switch {
+	case s.Family == unix.AF_UNIX:
+		b.WriteString("unix " + unixTypeName(s.Type))
+	case s.Protocol == unix.IPPROTO_TCP:
+		b.WriteString("TCP")
+	case s.Protocol == unix.IPPROTO_UDP:
+		b.WriteString("UDP")
+	default:
+		fmt.Fprintf(&b, "family %d protocol %d", s.Family, s.Protocol)
+	}
+	if s.Family == unix.AF_INET6 {
+		b.WriteString("/IPv6")
+	}
+	b.WriteString(" " + string(s.State))
+	switch s.State {
+	case image.SocketPair:
+		fmt.Fprintf(&b, " %d", s.PairID)
+	case image.SocketListen:
+		fmt.Fprintf(&b, " %s backlog %d", addrString(s.Local), s.Backlog)
+	case image.SocketReset:
+		if s.Local != nil || s.Peer != nil {
+			fmt.Fprintf(&b, " (was %s -> %s)", addrString(s.Local), addrString(s.Peer))
+		}
+	default:
+		if s.Local != nil {
+			b.WriteString(" " + addrString(s.Local))
+		}
+		if s.Peer != nil {
+			b.WriteString(" -> " + addrString(s.Peer))
+		}
+	}
+	n := 0
+	for _, m := range s.Queued {
+		n += len(m)
+	}
+	if n > 0 {
+		fmt.Fprintf(&b, ", %d bytes queued", n)
+	}
+	return b.String()
+}

@@ -197,3 +197,30 @@ func normalizeSockets(fds []image.FD) []image.FD {
 	}
 	return out
 }
+
+func TestSocketString(t *testing.T) {
+	for _, tt := range []struct {
+		s    image.Socket
+		want string
+	}{
+		{image.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM, Protocol: unix.IPPROTO_TCP,
+			State: image.SocketListen, Local: &image.SockAddr{IP: "127.0.0.1", Port: 6379},
+			Backlog: 511}, "TCP listen 127.0.0.1:6379 backlog 511"},
+		{image.Socket{Family: unix.AF_INET6, Type: unix.SOCK_DGRAM, Protocol: unix.IPPROTO_UDP,
+			State: image.SocketConnected, Local: &image.SockAddr{IP: "::1", Port: 5},
+			Peer: &image.SockAddr{IP: "::1", Port: 9}}, "UDP/IPv6 connected [::1]:5 -> [::1]:9"},
+		{image.Socket{Family: unix.AF_UNIX, Type: unix.SOCK_STREAM, State: image.SocketPair,
+			PairID: 4711, Queued: [][]byte{[]byte("hello")}},
+			"unix stream pair 4711, 5 bytes queued"},
+		{image.Socket{Family: unix.AF_UNIX, Type: unix.SOCK_DGRAM, State: image.SocketBound,
+			Local: &image.SockAddr{Abstract: []byte("a\x00b")}}, `unix datagram bound @"a\x00b"`},
+		{image.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM, Protocol: unix.IPPROTO_TCP,
+			State: image.SocketReset, Local: &image.SockAddr{IP: "10.0.0.1", Port: 4000},
+			Peer: &image.SockAddr{IP: "10.0.0.2", Port: 80}},
+			"TCP reset (was 10.0.0.1:4000 -> 10.0.0.2:80)"},
+	} {
+		if got := SocketString(&tt.s); got != tt.want {
+			t.Errorf("SocketString = %q, want %q", got, tt.want)
+		}
+	}
+}
