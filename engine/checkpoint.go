@@ -232,6 +232,12 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	defer freeBuffer(f.buf) // after Commit or Abort, which release the Writer's hold
 	finishKill := func(ok bool) {
 		if kill {
+			if ok {
+				// The process is about to die: its peers get a reset.
+				if err := fds.AbortConnections(pid, f.im.FDs); err != nil {
+					s.log.Warn("connections end without a reset", "pid", pid, "err", err)
+				}
+			}
 			resume <- ok
 			<-resume
 		}

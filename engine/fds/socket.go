@@ -505,3 +505,41 @@ func SocketString(s *image.Socket) string {
 	}
 	return b.String()
 }
+
+// AbortConnections makes the TCP connections of fds (those recorded as
+// SocketReset) send a reset when the process pid closes them, by setting
+// SO_LINGER to 0 through a copy of each: the peers of a process that is killed
+// after its checkpoint then see a reset, as on restore the process does, rather
+// than an orderly end. It is for a process that is about to be killed: one that
+// runs on would reset its own connections when it closes them.
+//
+// Preconditions: the process is stopped, and the caller may ptrace it. Every
+// connection is tried; the error joins those that failed.
+func AbortConnections(pid int, fds []image.FD) error {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("abort connections of pid %d: pidfd_open: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	var errs []error
+	for _, fd := range fds {
+		s := fd.Socket
+		if s == nil || fd.DupOf != nil || s.State != image.SocketReset ||
+			s.Protocol != unix.IPPROTO_TCP {
+			continue
+		}
+		c, err := unix.PidfdGetfd(pidfd, fd.Num, 0)
+		if err == nil {
+			err = unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER,
+				&unix.Linger{Onoff: 1})
+			unix.Close(c)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("fd %d: set SO_LINGER 0: %w", fd.Num, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("abort connections of pid %d: %w", pid, err)
+	}
+	return nil
+}
