@@ -1,10 +1,11 @@
 /*
- * sockholder: holds a descriptor cryo cannot checkpoint yet, and proves it
- * still runs unharmed after a checkpoint attempt.
+ * sockholder: holds a descriptor cryo cannot checkpoint (netlink, io_uring),
+ * and proves it still runs unharmed after a checkpoint attempt.
  *
  * Usage: sockholder tcp|netlink|io_uring TRIGGER
  *
- *   tcp       a listening TCP socket on 127.0.0.1 (an ephemeral port)
+ *   tcp       a listening TCP socket on 127.0.0.1 (an ephemeral port), which
+ *             cryo checkpoints; no test uses this mode now
  *   netlink   a bound NETLINK_ROUTE socket
  *   io_uring  an io_uring instance made with io_uring_setup(2)
  *

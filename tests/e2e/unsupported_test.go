@@ -12,8 +12,8 @@ import (
 
 // TestUnsupportedFD is acceptance item 5: checkpointing a process that holds
 // a netlink socket or an io_uring fails with an error naming the fd number and
-// its kind; the process runs on untraced and unharmed (it still answers on
-// its socket and its memory is intact); and the store is unchanged: `cryo ls`
+// its kind; the process runs on untraced and unharmed (its descriptor still
+// works and its memory is intact); and the store is unchanged: `cryo ls`
 // lists the same snapshots and no file was added or grown.
 func TestUnsupportedFD(t *testing.T) {
 	requireE2E(t)
