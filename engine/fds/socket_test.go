@@ -49,8 +49,8 @@ func TestSockets(t *testing.T) {
 			t.Errorf("fd %d: want %s; got %+v", n, what, byNum[n])
 		}
 	}
-	for n := 3; n <= 18; n++ {
-		if byNum[n] == nil {
+	for n := 3; n <= 21; n++ {
+		if byNum[n] == nil && n != 19 {
 			t.Fatalf("fd %d: not a socket in the dump: %+v", n, want)
 		}
 	}
@@ -91,6 +91,14 @@ func TestSockets(t *testing.T) {
 	check(17, byNum[17].State == image.SocketBound && byNum[17].Local == nil, "fresh TCP")
 	check(18, byNum[18].State == image.SocketReset && string(flat(byNum[18].Queued)) ==
 		"last words", "unix socket whose peer closed, with its data")
+	check(21, byNum[21].State == image.SocketPair && byNum[21].Type == unix.SOCK_SEQPACKET &&
+		len(byNum[21].Queued) == 2 && string(byNum[21].Queued[1]) == "m2",
+		"seqpacket pair end with two messages")
+	for _, fd := range want {
+		if fd.Num == 19 && (fd.DupOf == nil || *fd.DupOf != 3 || fd.Kind != image.FDSocket) {
+			t.Errorf("fd 19: %+v, want a dup of socket 3", fd)
+		}
+	}
 
 	// The dumps took nothing: the holder reads every queued byte, and its peek
 	// offsets are off.
@@ -156,7 +164,8 @@ func TestSockets(t *testing.T) {
 		fd   int
 		want []string
 	}{{10, []string{"hello"}}, {9, []string{"world!"}}, {12, []string{"one", "two", "three"}},
-		{16, []string{"ping"}}, {18, []string{"last words", ""}}} {
+		{16, []string{"ping"}}, {18, []string{"last words", ""}},
+		{21, []string{"m1", "m2"}}} {
 		c := cp(q.fd)
 		for _, w := range q.want {
 			n, err := unix.Read(c, buf)

@@ -17,6 +17,8 @@
 //  15, 16  a unix stream connection to 7 (client 15, accepted 16): "ping" at 16
 //  17  a fresh TCP socket, not bound
 //  18  a unix stream socket whose peer has closed, "last words" queued
+//  19  a dup of 3
+//  20, 21  unix seqpacket pair: "m1" and "m2" queued at 21
 //
 // Usage: sockets DIR
 #define _GNU_SOURCE
@@ -167,6 +169,15 @@ int main(int argc, char **argv) {
 	close(sv[1]);
 	place(sv[0], 18);
 
+	if (dup2(3, 19) < 0)
+		die("dup2 19");
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0)
+		die("socketpair seqpacket");
+	place(sv[0], 20);
+	place(sv[1], 21);
+	if (write(20, "m1", 2) != 2 || write(20, "m2", 2) != 2)
+		die("write seqpacket");
+
 	printf("ready\n");
 	fflush(stdout);
 	char line[16];
@@ -175,7 +186,7 @@ int main(int argc, char **argv) {
 
 	if (!expect(10, "hello", 5) || !expect(9, "world!", 6) || !expect(12, "one", 3) ||
 	    !expect(12, "two", 3) || !expect(12, "three", 5) || !expect(16, "ping", 4) ||
-	    !expect(18, "last words", 10))
+	    !expect(18, "last words", 10) || !expect(21, "m1", 2) || !expect(21, "m2", 2))
 		return 1;
 	printf("ok\n");
 	return 0;
