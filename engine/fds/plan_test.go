@@ -314,7 +314,7 @@ func TestPlanErrors(t *testing.T) {
 		{"epoll of nothing", cat(epoll(3, 9)), Stdio{}, nil, "fd 3: epoll watch of fd 9"},
 		{"stdio at 3", cat(stdioFD(3)), Stdio{}, nil, "fd 3: stdio kind above 2"},
 		{"twice", cat(file(3), file(3)), Stdio{}, nil, "fd 3: recorded twice"},
-		{"unknown kind", cat(image.FD{Num: 3, Kind: "timerfd"}), Stdio{}, nil, `fd 3: unknown kind`},
+		{"unknown kind", cat(image.FD{Num: 3, Kind: "io_uring"}), Stdio{}, nil, `fd 3: unknown kind`},
 		{"socket without state", cat(image.FD{Num: 3, Kind: "socket"}), Stdio{}, nil,
 			`fd 3: socket without socket state`},
 	}
