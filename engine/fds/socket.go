@@ -330,9 +330,12 @@ func peekAll(s, typ int) ([][]byte, error) {
 		buf    = make([]byte, 64<<10)
 		oob    = make([]byte, unix.CmsgSpace(253*4))
 	)
+	peek := unix.MSG_PEEK | unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
+	if typ != unix.SOCK_STREAM {
+		peek |= unix.MSG_TRUNC // report a message's whole length
+	}
 	for {
-		n, oobn, flags, _, err := unix.Recvmsg(s, buf, oob,
-			unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_TRUNC|unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err := unix.Recvmsg(s, buf, oob, peek)
 		if err == unix.EINTR {
 			continue
 		}
