@@ -117,15 +117,11 @@ func readSocket(s int, d *desc, byIno map[uint64]*desc, policy Established) (
 		return nil, fmt.Errorf("fd %d: read the socket's family and type: %w", num, err)
 	}
 	sock := &image.Socket{Family: family, Type: typ, Protocol: proto}
-	unsupported := func(why string) error {
-		return &UnsupportedError{FD: num, Kind: d.link + socketKind(family, typ, proto) + why}
-	}
 
 	switch {
 	case (family == unix.AF_INET || family == unix.AF_INET6) &&
 		typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP:
-		err := readTCP(s, d, sock, policy)
-		if err != nil {
+		if err := readTCP(s, d, sock, policy); err != nil {
 			return nil, err
 		}
 	case (family == unix.AF_INET || family == unix.AF_INET6) &&
@@ -143,7 +139,8 @@ func readSocket(s int, d *desc, byIno map[uint64]*desc, policy Established) (
 			return nil, err
 		}
 	default:
-		return nil, unsupported(": cryo rebuilds TCP, UDP and unix sockets only")
+		return nil, &UnsupportedError{FD: num, Kind: d.link + socketKind(family, typ, proto) +
+			": cryo rebuilds TCP, UDP and unix sockets only"}
 	}
 
 	if sock.State != image.SocketReset {
