@@ -40,6 +40,14 @@ deps:
 		echo "installing: prometheus"; \
 		apt-get update && apt-get install -y --no-install-recommends prometheus; \
 	fi
+# redis-server, redis-benchmark and memcached, for the servers' end-to-end tests.
+# Under systemd the packages start their own services on the default ports; the
+# tests run servers of their own on free loopback ports and do not use them.
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 || \
+	    ! command -v memcached >/dev/null 2>&1; then \
+		echo "installing: redis-server redis-tools memcached"; \
+		apt-get update && apt-get install -y redis-server redis-tools memcached; \
+	fi
 # chromium, for the bench report test that renders the HTML report headless.
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		echo "installing: chromium"; \

@@ -44,6 +44,11 @@ type CheckpointOptions struct {
 
 	// Metrics, when set, records every checkpoint.
 	Metrics *Metrics
+
+	// Established says what to do with the process's connections to outside
+	// it: fds.EstablishedClose (the default) records them to be restored
+	// reset, fds.EstablishedRefuse fails the checkpoint naming the fd.
+	Established fds.Established
 }
 
 // Result describes a finished checkpoint.
@@ -236,6 +241,12 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	defer freeBuffer(f.buf) // after Commit or Abort, which release the Writer's hold
 	finishKill := func(ok bool) {
 		if kill {
+			if ok {
+				// The process is about to die: its peers get a reset.
+				if err := fds.AbortConnections(pid, f.im.FDs); err != nil {
+					s.log.Warn("connections end without a reset", "pid", pid, "err", err)
+				}
+			}
 			resume <- ok
 			<-resume
 		}
@@ -451,7 +462,7 @@ func (s *Session) readImage(tids []int) (*image.Image, error) {
 		return nil, err
 	}
 
-	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{}); err != nil {
+	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{Established: s.opts.Established}); err != nil {
 		return nil, fmt.Errorf("%w", err)
 	}
 	return im, nil

@@ -194,7 +194,7 @@ func TestDeltaCodec(t *testing.T) {
 		base.IDs = append(base.IDs, id)
 	}
 	state, ids := base.slots()
-	state[3], ids[3] = slotAbsent, PageID{} // dropped
+	state[3], ids[3] = slotAbsent, PageID{}  // dropped
 	state[10], ids[10] = slotData, PageID{7} // zero to data
 	state[11], ids[11] = slotZero, PageID{}  // data to zero
 	state[200], ids[200] = slotData, PageID{8}

@@ -1,23 +1,27 @@
 /*
- * sockholder: holds a descriptor cryo cannot checkpoint yet, and proves it
- * still runs unharmed after a checkpoint attempt.
+ * sockholder: holds a descriptor cryo cannot checkpoint (netlink, io_uring),
+ * and proves it still runs unharmed after a checkpoint attempt.
  *
- * Usage: sockholder tcp|io_uring TRIGGER
+ * Usage: sockholder tcp|netlink|io_uring TRIGGER
  *
- *   tcp       a listening TCP socket on 127.0.0.1 (an ephemeral port)
+ *   tcp       a listening TCP socket on 127.0.0.1 (an ephemeral port), which
+ *             cryo checkpoints; no test uses this mode now
+ *   netlink   a bound NETLINK_ROUTE socket
  *   io_uring  an io_uring instance made with io_uring_setup(2)
  *
  * It also fills 8 MiB with a pattern. It prints "ready fd=<n> kind=<kind>
  * port=<port>" (port 0 for io_uring) and then loops every 10 ms: in tcp mode
  * it accepts any connection and writes "pong\n" to it (and prints "pong");
  * when TRIGGER exists it checks the descriptor still works (accept on the
- * socket; io_uring_enter on the ring) and the pattern, and prints "alive" and
+ * TCP socket; getsockname on the netlink one; io_uring_enter on the ring) and
+ * the pattern, and prints "alive" and
  * "OK" (exit 0) or "FAIL <detail>" (exit 1).
  *
  * If the kernel refuses io_uring it prints "unsupported: <reason>" and exits 3.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <linux/netlink.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -72,11 +76,13 @@ static int pattern_ok(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "io_uring"))) {
-		fprintf(stderr, "usage: sockholder tcp|io_uring TRIGGER\n");
+	if (argc != 3 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "netlink") &&
+			  strcmp(argv[1], "io_uring"))) {
+		fprintf(stderr, "usage: sockholder tcp|netlink|io_uring TRIGGER\n");
 		return 2;
 	}
 	int tcp = strcmp(argv[1], "tcp") == 0;
+	int netlink = strcmp(argv[1], "netlink") == 0;
 
 	area = mmap(NULL, AREA, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (area == MAP_FAILED) {
@@ -98,6 +104,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		port = ntohs(sa.sin_port);
+	} else if (netlink) {
+		struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
+		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&nl, sizeof nl) < 0) {
+			perror("netlink socket");
+			return 2;
+		}
 	} else {
 		struct uring_params p;
 		memset(&p, 0, sizeof p);
@@ -132,6 +145,13 @@ int main(int argc, char **argv)
 		}
 		if (c >= 0)
 			close(c);
+	} else if (netlink) {
+		struct sockaddr_nl nl;
+		socklen_t len = sizeof nl;
+		if (getsockname(fd, (struct sockaddr *)&nl, &len) < 0 || nl.nl_family != AF_NETLINK) {
+			say("FAIL getsockname on the netlink socket: %s\n", strerror(errno));
+			fails++;
+		}
 	} else {
 		long r = syscall(__NR_io_uring_enter, fd, 0, 0, 0, NULL, 0);
 		if (r < 0) {

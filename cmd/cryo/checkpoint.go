@@ -8,12 +8,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cryo-dev/cryo/engine"
+	"github.com/cryo-dev/cryo/engine/fds"
 )
 
 func (a *app) checkpointCmd() *cobra.Command {
 	var (
-		kill            bool
-		tracker, parent string
+		kill                         bool
+		tracker, parent, established string
 	)
 	cmd := &cobra.Command{
 		Use:   "checkpoint PID",
@@ -27,6 +28,9 @@ func (a *app) checkpointCmd() *cobra.Command {
 			if err != nil || pid <= 0 {
 				return fmt.Errorf("checkpoint: %q is not a process id", args[0])
 			}
+			if err := checkEstablished(established); err != nil {
+				return fmt.Errorf("checkpoint: %w", err)
+			}
 			st, err := a.openStore()
 			if err != nil {
 				return err
@@ -35,6 +39,7 @@ func (a *app) checkpointCmd() *cobra.Command {
 
 			res, err := engine.Checkpoint(st, pid, engine.CheckpointOptions{
 				Logger: a.log, Kill: kill, Tracker: tracker, Parent: parent,
+				Established: fds.Established(established),
 			})
 			if err != nil {
 				return err
@@ -57,5 +62,23 @@ func (a *app) checkpointCmd() *cobra.Command {
 	cmd.Flags().StringVar(&parent, "parent", "",
 		"snapshot to be incremental on (default: the process's previous snapshot, or the "+
 			"one it was restored from)")
+	addEstablishedFlag(cmd, &established)
 	return cmd
+}
+
+// addEstablishedFlag adds --established, which says what a checkpoint does with
+// the process's connections to outside it.
+func addEstablishedFlag(cmd *cobra.Command, v *string) {
+	cmd.Flags().StringVar(v, "established", string(fds.EstablishedClose),
+		"connections to outside the process (TCP, unix stream): close (restored as "+
+			"reset: the program reads ECONNRESET or end of file) or refuse (the "+
+			"checkpoint fails, naming the fd)")
+}
+
+func checkEstablished(v string) error {
+	switch fds.Established(v) {
+	case fds.EstablishedClose, fds.EstablishedRefuse:
+		return nil
+	}
+	return fmt.Errorf("--established %q: want close or refuse", v)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/cryo-dev/cryo/engine/fds"
 	"github.com/cryo-dev/cryo/engine/image"
 )
 
@@ -159,6 +160,8 @@ func fdDetail(f image.FD) string {
 	case f.Memfd != nil:
 		return fmt.Sprintf("%q %d bytes, seals %#x, pos %d%s", f.Memfd.Name, f.Memfd.Size,
 			f.Memfd.Seals, f.Pos, cloexec)
+	case f.Socket != nil:
+		return fds.SocketString(f.Socket) + cloexec
 	case f.Pipe != nil:
 		end := "write end"
 		if f.Pipe.ReadEnd {

@@ -27,6 +27,9 @@ type periodicFlags struct {
 	keep     int
 	metrics  string
 	tracker  string
+	// established is what a checkpoint does with connections to outside the
+	// process: "close" or "refuse".
+	established string
 }
 
 // trackers are the values --tracker takes.
@@ -41,6 +44,7 @@ func (f *periodicFlags) add(cmd *cobra.Command) {
 		"(HOST:PORT; :PORT or PORT listen on 127.0.0.1)")
 	fl.StringVar(&f.tracker, "tracker", "auto", "dirty-page tracker: auto, uffd-wp, "+
 		"soft-dirty or scan")
+	addEstablishedFlag(cmd, &f.established)
 }
 
 // check validates the flags before anything starts.
@@ -50,6 +54,9 @@ func (f *periodicFlags) check() error {
 	}
 	if f.keep < 0 {
 		return fmt.Errorf("--keep %d: must be 0 (keep all) or more", f.keep)
+	}
+	if err := checkEstablished(f.established); err != nil {
+		return err
 	}
 	for _, t := range trackers {
 		if f.tracker == t {
@@ -295,7 +302,8 @@ func (p *periodic) close() {
 func (p *periodic) loop(pid int, exited, stop <-chan struct{}) error {
 	log := p.a.log
 	sess, err := engine.NewSession(p.store, pid, engine.CheckpointOptions{
-		Logger: log, Tracker: p.f.tracker, Metrics: p.em})
+		Logger: log, Tracker: p.f.tracker, Metrics: p.em,
+		Established: fds.Established(p.f.established)})
 	if err != nil {
 		if isGone(pid, exited) {
 			return nil

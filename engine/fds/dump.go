@@ -22,16 +22,26 @@ import (
 // stays where it is.
 //
 // Kernel features: kcmp (CONFIG_KCMP; KCMP_EPOLL_TFD from 4.13) to find dups and
-// check epoll watches, and the eventfd-semaphore line of fdinfo (recent kernels;
-// 6.18 has it). pidfd_getfd (5.6) is used only to name the kind of a socket in an
-// error.
+// check epoll watches, the eventfd-semaphore line of fdinfo (recent kernels;
+// 6.18 has it), pidfd_getfd (5.6) to read sockets through a copy, and sock_diag
+// (CONFIG_INET_DIAG, CONFIG_UNIX_DIAG) for listen backlogs and unix peers.
+// Reading a unix socket's queue sets and puts back its SO_PEEK_OFF.
 //
 // A descriptor of a kind cryo cannot restore fails the whole dump with an
-// *UnsupportedError (errors.Is(err, ErrUnsupported)) naming the lowest such fd.
+// *UnsupportedError (errors.Is(err, ErrUnsupported)) naming the lowest such fd;
+// a connection to outside the process, under EstablishedRefuse, with an
+// *EstablishedError (errors.Is(err, ErrEstablished)).
 func Dump(pid int, opts DumpOptions) ([]image.FD, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	switch opts.Established {
+	case "", EstablishedClose, EstablishedRefuse:
+	default:
+		return nil, fmt.Errorf("dump fds of pid %d: unknown policy %q for established "+
+			"connections (want %q or %q)", pid, opts.Established, EstablishedClose,
+			EstablishedRefuse)
 	}
 	nums, err := procfs.ReadFDs(pid)
 	if err != nil {
@@ -53,8 +63,9 @@ func Dump(pid int, opts DumpOptions) ([]image.FD, error) {
 		return nil, fmt.Errorf("dump fds of pid %d: %w", pid, err)
 	}
 
-	// Classify, pair pipe ends, copy buffered pipe data, read epoll watches.
-	if err := classify(pid, ds); err != nil {
+	// Classify, pair pipe ends, copy buffered pipe data, read sockets and epoll
+	// watches.
+	if err := classify(pid, ds, opts.Established); err != nil {
 		return nil, fmt.Errorf("dump fds of pid %d: %w", pid, err)
 	}
 
@@ -125,7 +136,7 @@ func findDups(pid int, ds []*desc) error {
 	return nil
 }
 
-func classify(pid int, ds []*desc) error {
+func classify(pid int, ds []*desc, policy Established) error {
 	byNum := make(map[int]*desc, len(ds))
 	for _, d := range ds {
 		byNum[d.fd.Num] = d
@@ -134,6 +145,9 @@ func classify(pid int, ds []*desc) error {
 	// Pipes first: whether an end is a pipe, stdio or unsupported depends on
 	// the other descriptors.
 	if err := classifyPipes(pid, ds); err != nil {
+		return err
+	}
+	if err := classifySockets(pid, ds, policy); err != nil {
 		return err
 	}
 
@@ -305,34 +319,5 @@ func describeSocket(pid, num int) string {
 	if err1 != nil || err2 != nil || err3 != nil {
 		return ""
 	}
-	var fam string
-	switch domain {
-	case unix.AF_INET, unix.AF_INET6:
-		switch proto {
-		case unix.IPPROTO_TCP:
-			return " (TCP socket)"
-		case unix.IPPROTO_UDP:
-			return " (UDP socket)"
-		}
-		fam = "IP"
-	case unix.AF_UNIX:
-		fam = "unix"
-	case unix.AF_NETLINK:
-		fam = "netlink"
-	case unix.AF_PACKET:
-		fam = "packet"
-	default:
-		fam = fmt.Sprintf("family %d", domain)
-	}
-	switch typ {
-	case unix.SOCK_STREAM:
-		return " (" + fam + " stream socket)"
-	case unix.SOCK_DGRAM:
-		return " (" + fam + " datagram socket)"
-	case unix.SOCK_SEQPACKET:
-		return " (" + fam + " seqpacket socket)"
-	case unix.SOCK_RAW:
-		return " (" + fam + " raw socket)"
-	}
-	return " (" + fam + " socket)"
+	return socketKind(domain, typ, proto)
 }

@@ -26,8 +26,11 @@ type holder struct {
 	out   *bufio.Reader
 }
 
-// buildHolder compiles testdata/holder.c once per test binary.
-func buildHolder(t *testing.T) string {
+// buildHolder compiles testdata/holder.c.
+func buildHolder(t *testing.T) string { return buildTestProgram(t, "holder") }
+
+// buildTestProgram compiles testdata/NAME.c.
+func buildTestProgram(t *testing.T, name string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: kcmp and reading another process's fds")
@@ -36,11 +39,11 @@ func buildHolder(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("gcc is needed to build testdata/holder.c (make deps installs it): %v", err)
 	}
-	bin := filepath.Join(t.TempDir(), "holder")
+	bin := filepath.Join(t.TempDir(), name)
 	out, err := exec.Command(gcc, "-O1", "-Wall", "-Werror", "-o", bin,
-		"testdata/holder.c").CombinedOutput()
+		"testdata/"+name+".c").CombinedOutput()
 	if err != nil {
-		t.Fatalf("build holder: %v\n%s", err, out)
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }
@@ -49,7 +52,12 @@ func buildHolder(t *testing.T) string {
 // and its stderr on /dev/null, and waits until it has made its descriptors.
 func startHolder(t *testing.T) *holder {
 	t.Helper()
-	bin := buildHolder(t)
+	return startProgram(t, buildHolder(t))
+}
+
+// startProgram runs a holder-like test program: see startHolder.
+func startProgram(t *testing.T, bin string) *holder {
+	t.Helper()
 	h := &holder{dir: t.TempDir()}
 	h.cmd = exec.Command(bin, h.dir)
 	var err error
@@ -221,12 +229,31 @@ func TestDumpUnsupported(t *testing.T) {
 		make func(t *testing.T) *os.File
 		want string
 	}{
-		{"tcp socket", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)))
-		}, "fd 3: socket:[* (TCP socket): not supported"},
-		{"unix socket", func(t *testing.T) *os.File {
-			return fdFile(t, must(unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)))
-		}, "fd 3: socket:[* (unix datagram socket): not supported"},
+		{"netlink socket", func(t *testing.T) *os.File {
+			return fdFile(t, must(unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC,
+				unix.NETLINK_ROUTE)))
+		}, "fd 3: socket:[* (netlink datagram socket): cryo rebuilds TCP, UDP and unix " +
+			"sockets only: not supported"},
+		{"packet socket", func(t *testing.T) *os.File {
+			return fdFile(t, must(unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)))
+		}, "fd 3: socket:[* (packet datagram socket): cryo rebuilds TCP, UDP and unix " +
+			"sockets only: not supported"},
+		{"ping socket", func(t *testing.T) *os.File {
+			return fdFile(t, must(unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC,
+				unix.IPPROTO_ICMP)))
+		}, "fd 3: socket:[* (raw IP socket, protocol 1): cryo rebuilds TCP, UDP and unix " +
+			"sockets only: not supported"},
+		{"unix socket with a relative path", func(t *testing.T) *os.File {
+			s := must(unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0))
+			wd, _ := os.Getwd()
+			defer os.Chdir(wd)
+			os.Chdir(dir)
+			if err := unix.Bind(s, &unix.SockaddrUnix{Name: "rel.sock"}); err != nil {
+				t.Fatal(err)
+			}
+			return fdFile(t, s)
+		}, "fd 3: socket:[* (unix socket bound to the relative path \"rel.sock\"): " +
+			"not supported"},
 		{"pidfd", func(t *testing.T) *os.File {
 			return fdFile(t, must(unix.PidfdOpen(os.Getpid(), 0)))
 		}, "fd 3: anon_inode:[pidfd]: not supported"},

@@ -7,9 +7,10 @@
 // Supported kinds: regular files, directories and a few stateless character
 // devices (reopened by path), pipes whose both ends the process holds (with the
 // bytes buffered in them), eventfds, epoll instances with their interest lists,
-// timerfds, signalfds, memfds (see special.go), and stdio: fds 0, 1 and 2 on a
-// terminal or on a pipe that leads out of the process, reconnected on restore to
-// the restorer's own stdio or to a file.
+// timerfds, signalfds, memfds (see special.go), sockets (TCP and UDP over IPv4
+// and IPv6, unix stream, datagram and seqpacket; see socket.go and image.Socket),
+// and stdio: fds 0, 1 and 2 on a terminal or on a pipe that leads out of the
+// process, reconnected on restore to the restorer's own stdio or to a file.
 // Descriptors that share an open file description (dup) are recorded as such and
 // restored with dup3. Anything else makes Dump fail with an *UnsupportedError.
 package fds
@@ -46,6 +47,10 @@ func (e *UnsupportedError) Is(target error) bool { return target == ErrUnsupport
 type DumpOptions struct {
 	// Logger receives a Debug record per descriptor. Nil is silent.
 	Logger *slog.Logger
+
+	// Established says what to do with connections to outside the process
+	// (EstablishedClose when empty).
+	Established Established
 }
 
 // Remote runs system calls inside the stopped, traced target of a restore. The

@@ -22,12 +22,16 @@ import (
 //     Descriptors above 2 that the target holds are left alone; an FD that wants
 //     one of their numbers is an error.
 //  2. Create the objects in ascending order of their number: open, pipe2,
-//     eventfd2, epoll_create1. A new descriptor that did not land on its number
-//     is moved there with dup3 and the temporary closed, before anything else
-//     is created, so that no temporary outlives its step. Both ends of a pipe
-//     are placed together, through a scratch number when they have to swap.
-//  3. Make the descriptors that share an open file description with dup3.
-//  4. Add the epoll watches, once every watched descriptor exists.
+//     eventfd2, epoll_create1, socket, socketpair. A new descriptor that did not
+//     land on its number is moved there with dup3 and the temporary closed,
+//     before anything else is created, so that no temporary outlives its step.
+//     Both ends of a pipe or socket pair are placed together, through a scratch
+//     number when they have to swap. A socket is set up (options, bind, listen,
+//     queued data) as soon as it is at its number.
+//  3. Connect the datagram sockets that were connected, once every socket they
+//     may name is bound.
+//  4. Make the descriptors that share an open file description with dup3.
+//  5. Add the epoll watches, once every watched descriptor exists.
 //
 // Because temporaries never survive a step, a number that is some FD's target is
 // only ever occupied by that FD or by a temporary of the current step, and dup3
@@ -51,11 +55,21 @@ const (
 	opFillPipe                  // cryo writes data into the pipe whose write end is fd
 	opCheckFile                 // cryo checks that fd is the file rec recorded
 	opEpollAdd                  // epoll_ctl(fd, EPOLL_CTL_ADD, to, {events, val})
+	opSocket                    // socket(family, type|flags, protocol) = fd
+	opSocketPair                // socketpair(family, type|flags, 0, [fd, to])
+	opListen                    // listen(fd, val)
+	opShutdown                  // shutdown(fd, val)
+	opSockSetup                 // cryo sets options on fd's socket and binds it
+	opSockReset                 // cryo connects fd's TCP socket and has the peer reset it
+	opSockFill                  // cryo sends msgs on fd, to be queued at its peer
+	opSockConnect               // cryo connects fd's socket to its recorded peer
 )
 
 var opNames = [...]string{"close", "dup3", "openat", "pipe2", "eventfd2", "epoll_create1",
 	"F_SETFD", "F_SETFL", "F_SETPIPE_SZ", "lseek", "eventfd write", "fill pipe",
-	"check file", "epoll_ctl"}
+	"check file", "epoll_ctl", "socket", "socketpair", "listen", "shutdown",
+	"set up socket", "reset connection", "queue socket data",
+	"connect"}
 
 func (c opCode) String() string {
 	if n, ok := specialNames[c]; ok {
@@ -74,6 +88,7 @@ type op struct {
 	events uint32
 	path   string
 	data   []byte
+	msgs   [][]byte
 	rec    *image.FD // the FD this step is for; nil for closing an inherited fd
 }
 
@@ -141,7 +156,16 @@ func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
 		p.create(fd, byNum, stdio)
 	}
 
-	// Step 3: the dups.
+	// Step 3: connect the datagram sockets.
+	for _, n := range nums {
+		fd := byNum[n]
+		if fd.Kind == image.FDSocket && fd.DupOf == nil &&
+			fd.Socket.State == image.SocketConnected {
+			p.emit(op{code: opSockConnect, fd: n, rec: fd})
+		}
+	}
+
+	// Step 4: the dups.
 	for _, n := range nums {
 		fd := byNum[n]
 		if p.used[n] {
@@ -155,7 +179,7 @@ func plan(fds []image.FD, stdio Stdio, open []int, limit uint64) ([]op, error) {
 		p.used[n] = true
 	}
 
-	// Step 4: the epoll watches.
+	// Step 5: the epoll watches.
 	for _, n := range nums {
 		fd := byNum[n]
 		if fd.Kind != image.FDEpoll || fd.DupOf != nil {
@@ -183,7 +207,7 @@ func isDup(fd *image.FD, stdio Stdio, open []int) bool {
 }
 
 // validate checks what the plan relies on: dups name a first descriptor, pipes
-// have their two ends, epoll watches name recorded descriptors.
+// and socket pairs have their two ends, epoll watches name recorded descriptors.
 func validate(fds []image.FD, byNum map[int]*image.FD) error {
 	type ends struct{ read, write int }
 	pipes := make(map[uint64]*ends)
@@ -243,6 +267,10 @@ func validate(fds []image.FD, byNum map[int]*image.FD) error {
 					return fmt.Errorf("fd %d: epoll watch of fd %d, which is not recorded",
 						fd.Num, w.FD)
 				}
+			}
+		case image.FDSocket:
+			if err := validateSocket(fd, byNum); err != nil {
+				return err
 			}
 		default:
 			return fmt.Errorf("fd %d: unknown kind %q", fd.Num, fd.Kind)
@@ -305,6 +333,9 @@ func (p *planner) create(fd *image.FD, byNum map[int]*image.FD, stdio Stdio) {
 	case image.FDPipe:
 		p.pipe(fd, byNum)
 
+	case image.FDSocket:
+		p.socket(fd, byNum)
+
 	default:
 		if !p.createSpecial(fd) {
 			panic(fmt.Sprintf("fds: plan for kind %q", fd.Kind)) // validate let it through
@@ -341,7 +372,24 @@ func (p *planner) pipe(fd *image.FD, byNum map[int]*image.FD) {
 	lw := p.lowest()
 	p.used[lw] = true
 	p.emit(op{code: opPipe, fd: lr, to: lw, flags: flags, rec: r})
+	p.place2(lr, lw, r, w)
 
+	for _, end := range []*image.FD{r, w} {
+		if fl := end.Flags & (unix.O_NONBLOCK | unix.O_DIRECT); fl&unix.O_NONBLOCK != 0 {
+			p.emit(op{code: opSetFL, fd: end.Num, val: uint64(fl), rec: end})
+		}
+	}
+	if r.Pipe.Size > 0 {
+		p.emit(op{code: opSetPipeSize, fd: r.Num, val: uint64(r.Pipe.Size), rec: r})
+	}
+	if len(r.Pipe.Buffered) > 0 {
+		p.emit(op{code: opFillPipe, fd: w.Num, data: r.Pipe.Buffered, rec: r})
+	}
+}
+
+// place2 moves the two descriptors a call just made at lr and lw (without
+// O_CLOEXEC) to the numbers of r and w.
+func (p *planner) place2(lr, lw int, r, w *image.FD) {
 	switch {
 	case lr == w.Num && lw == r.Num:
 		// Each end sits on the other's number: go through a scratch number.
@@ -367,18 +415,6 @@ func (p *planner) pipe(fd *image.FD, byNum map[int]*image.FD) {
 		} else {
 			p.setCloexec(w, w.Cloexec, false)
 		}
-	}
-
-	for _, end := range []*image.FD{r, w} {
-		if fl := end.Flags & (unix.O_NONBLOCK | unix.O_DIRECT); fl&unix.O_NONBLOCK != 0 {
-			p.emit(op{code: opSetFL, fd: end.Num, val: uint64(fl), rec: end})
-		}
-	}
-	if r.Pipe.Size > 0 {
-		p.emit(op{code: opSetPipeSize, fd: r.Num, val: uint64(r.Pipe.Size), rec: r})
-	}
-	if len(r.Pipe.Buffered) > 0 {
-		p.emit(op{code: opFillPipe, fd: w.Num, data: r.Pipe.Buffered, rec: r})
 	}
 }
 

@@ -64,6 +64,10 @@ func primaryID(fd *image.FD, stdio Stdio) string {
 		return fmt.Sprintf("inherited %d", fd.Num)
 	case fd.Kind == image.FDPipe:
 		return fmt.Sprintf("pipe %d read=%v", fd.Pipe.ID, fd.Pipe.ReadEnd)
+	case fd.Kind == image.FDSocket && fd.Socket.State == image.SocketPair:
+		// The tests name a pair after its lower end's number.
+		return fmt.Sprintf("socketpair %d lower=%v", fd.Socket.PairID,
+			fd.Num == int(fd.Socket.PairID))
 	}
 	return fmt.Sprintf("object of fd %d", fd.Num)
 }
@@ -95,6 +99,18 @@ func (s *sim) run(ops []op, stdio Stdio) {
 		case opPipe:
 			s.create(o.fd, fmt.Sprintf("pipe %d read=true", o.rec.Pipe.ID), false)
 			s.create(o.to, fmt.Sprintf("pipe %d read=false", o.rec.Pipe.ID), false)
+		case opSocket:
+			s.create(o.fd, primaryID(o.rec, stdio), o.flags&unix.SOCK_CLOEXEC != 0)
+		case opSocketPair:
+			if o.rec.Socket.State == image.SocketPair {
+				id := o.rec.Socket.PairID
+				s.create(o.fd, fmt.Sprintf("socketpair %d lower=true", id), false)
+				s.create(o.to, fmt.Sprintf("socketpair %d lower=false", id), false)
+			} else {
+				// A reset unix socket: one end is kept, the other closed.
+				s.create(o.fd, primaryID(o.rec, stdio), false)
+				s.create(o.to, primaryID(o.rec, stdio), false)
+			}
 		case opSetFD:
 			s.need(o.fd, o)
 			s.cloexec[o.fd] = o.val&unix.FD_CLOEXEC != 0
@@ -106,7 +122,7 @@ func (s *sim) run(ops []op, stdio Stdio) {
 			}
 		default:
 			s.need(o.fd, o)
-			if o.rec.Num != o.fd && o.code != opFillPipe {
+			if o.rec.Num != o.fd && o.code != opFillPipe && o.code != opSockFill {
 				s.t.Fatalf("%v on fd %d for fd %d", o.code, o.fd, o.rec.Num)
 			}
 		}
@@ -168,6 +184,31 @@ func epoll(n int, watch ...int) image.FD {
 	return fd
 }
 func cloexec(fd image.FD) image.FD { fd.Cloexec = true; return fd }
+
+// sockPair makes the two ends of a unix socket pair, named after the lower one.
+func sockPair(a, b int) []image.FD {
+	id := uint64(min(a, b))
+	end := func(n int) image.FD {
+		return image.FD{Num: n, Kind: image.FDSocket, Socket: &image.Socket{
+			Family: unix.AF_UNIX, Type: unix.SOCK_STREAM, State: image.SocketPair,
+			PairID: id, Queued: [][]byte{[]byte("x")}}}
+	}
+	return []image.FD{end(a), end(b)}
+}
+
+// resetSocket is a unix stream socket whose peer was outside.
+func resetSocket(n int) image.FD {
+	return image.FD{Num: n, Kind: image.FDSocket, Socket: &image.Socket{
+		Family: unix.AF_UNIX, Type: unix.SOCK_STREAM, State: image.SocketReset}}
+}
+
+// listenSocket is a listening TCP socket.
+func listenSocket(n int) image.FD {
+	return image.FD{Num: n, Kind: image.FDSocket, Flags: unix.O_RDWR | unix.O_NONBLOCK,
+		Socket: &image.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM,
+			Protocol: unix.IPPROTO_TCP, State: image.SocketListen, Backlog: 5,
+			Local: &image.SockAddr{IP: "127.0.0.1", Port: 8080}}}
+}
 func cat(parts ...any) []image.FD {
 	var out []image.FD
 	for _, p := range parts {
@@ -273,7 +314,9 @@ func TestPlanErrors(t *testing.T) {
 		{"epoll of nothing", cat(epoll(3, 9)), Stdio{}, nil, "fd 3: epoll watch of fd 9"},
 		{"stdio at 3", cat(stdioFD(3)), Stdio{}, nil, "fd 3: stdio kind above 2"},
 		{"twice", cat(file(3), file(3)), Stdio{}, nil, "fd 3: recorded twice"},
-		{"unknown kind", cat(image.FD{Num: 3, Kind: "socket"}), Stdio{}, nil, `fd 3: unknown kind`},
+		{"unknown kind", cat(image.FD{Num: 3, Kind: "io_uring"}), Stdio{}, nil, `fd 3: unknown kind`},
+		{"socket without state", cat(image.FD{Num: 3, Kind: "socket"}), Stdio{}, nil,
+			`fd 3: socket without socket state`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -300,7 +343,18 @@ func TestPlanRandom(t *testing.T) {
 		for i := 0; i < len(nums); i++ {
 			n := nums[i]
 			var fd image.FD
-			switch k := rng.IntN(6); {
+			switch k := rng.IntN(8); {
+			case k == 6 && i+1 < len(nums):
+				p := sockPair(n, nums[i+1])
+				p[0].Cloexec, p[1].Cloexec = rng.IntN(2) == 0, rng.IntN(2) == 0
+				fds = append(fds, p...)
+				primaries = append(primaries, n, nums[i+1])
+				i++
+				continue
+			case k == 7 && i%2 == 0:
+				fd = resetSocket(n)
+			case k == 7:
+				fd = listenSocket(n)
 			case k == 0 && i+1 < len(nums):
 				p := pipeFDs(uint64(i), n, nums[i+1])
 				p[0].Cloexec, p[1].Cloexec = rng.IntN(2) == 0, rng.IntN(2) == 0

@@ -30,6 +30,11 @@ import (
 // once every descriptor exists; events that were pending are found again by the
 // kernel for level-triggered watches, and reported again for edge-triggered ones
 // whose file is ready.
+//
+// Sockets are made inside the target and set up by cryo through a copy (see
+// socket_plan.go): a listening or bound socket is bound to its address again,
+// which fails (EADDRINUSE) while another socket holds it; the data queued in a
+// unix socket pair is sent again, each message with cryo's credentials.
 func Restore(r Remote, fds []image.FD, stdio Stdio) error {
 	pid := r.Pid()
 	open, err := procfs.ReadFDs(pid)
@@ -44,7 +49,8 @@ func Restore(r Remote, fds []image.FD, stdio Stdio) error {
 	if err != nil {
 		return fmt.Errorf("restore fds of pid %d: %w", pid, err)
 	}
-	x := executor{r: r, pid: pid}
+	x := executor{r: r, pid: pid, pidfd: -1}
+	defer x.close()
 	for i := range ops {
 		o := &ops[i]
 		if err := x.run(o); err != nil {
@@ -60,8 +66,15 @@ func Restore(r Remote, fds []image.FD, stdio Stdio) error {
 
 // executor runs the steps of a plan in the target.
 type executor struct {
-	r   Remote
-	pid int
+	r     Remote
+	pid   int
+	pidfd int // of the target, opened on first use; -1 until then
+}
+
+func (x *executor) close() {
+	if x.pidfd >= 0 {
+		unix.Close(x.pidfd)
+	}
 }
 
 func (x *executor) run(o *op) error {
@@ -123,6 +136,9 @@ func (x *executor) run(o *op) error {
 			err = fmt.Errorf("epoll_ctl add fd %d: %w", o.to, err)
 		}
 		return err
+	case opSocket, opSocketPair, opListen, opShutdown, opSockSetup,
+		opSockReset, opSockFill, opSockConnect:
+		return x.runSocket(o)
 	default:
 		ret, err = x.runSpecial(o)
 	}

@@ -2,11 +2,13 @@ package fds
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -137,6 +139,14 @@ func compareFDs(t *testing.T, got, want []image.FD) {
 				t.Errorf("fd %d: eventfd %+v, want %+v", g.Num, *g.Eventfd, *w.Eventfd)
 			}
 			g.Eventfd, w.Eventfd = nil, nil
+		}
+		if g.Socket != nil && w.Socket != nil {
+			if !reflect.DeepEqual(g.Socket, w.Socket) {
+				gj, _ := json.Marshal(g.Socket)
+				wj, _ := json.Marshal(w.Socket)
+				t.Errorf("fd %d: socket\ngot  %s\nwant %s", g.Num, gj, wj)
+			}
+			g.Socket, w.Socket = nil, nil
 		}
 		if g.DupOf != nil && w.DupOf != nil && *g.DupOf == *w.DupOf {
 			g.DupOf, w.DupOf = nil, nil

@@ -20,8 +20,8 @@ import (
 // thread and none of these; it still restores, the thread without them, as
 // version 1 restored it.
 //
-// Version 2 also added Proc and the timerfd, signalfd and memfd kinds of FD; a
-// version 1 image decodes with Proc nil.
+// Version 2 also added Proc and the timerfd, signalfd, memfd and socket kinds of
+// FD; a version 1 image decodes with Proc nil.
 const Version = 2
 
 // Image describes one checkpointed process.
@@ -258,6 +258,7 @@ type FD struct {
 	Timerfd  *Timerfd  `json:"timerfd,omitempty"`
 	Signalfd *Signalfd `json:"signalfd,omitempty"`
 	Memfd    *Memfd    `json:"memfd,omitempty"`
+	Socket   *Socket   `json:"socket,omitempty"`
 }
 
 // Pipe describes one end of a pipe. The two ends share an ID (the pipe inode);

@@ -42,8 +42,8 @@ var (
 )
 
 // cWorkloads are the C programs in bench/workloads, built with gcc -O2.
-var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "syscallwait",
-	"threadwait"}
+var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "sockserve",
+	"syscallwait", "threadwait"}
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
