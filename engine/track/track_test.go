@@ -6,41 +6,48 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/internal/pagemap"
 	"github.com/cryo-dev/cryo/internal/procfs"
+	"github.com/cryo-dev/cryo/internal/testenv"
 )
 
 const pageSize = pagemap.PageSize
 
-// requireTracker fails for uffd-wp and scan, which this kernel (6.18) must run,
-// and skips, saying why, for soft-dirty, which it lacks.
+// requireTracker fails for a tracker the kernel must run (testenv.Trackers:
+// uffd-wp and scan on the build machines, soft-dirty and scan in the test VM)
+// and does not, and skips, saying loudly why, for another tracker the kernel
+// lacks.
 func requireTracker(t *testing.T, kind string) {
 	t.Helper()
 	err := Probe(kind)
 	if err == nil {
 		return
 	}
-	if kind == KindSoftDirty && errors.Is(err, ErrNotSupported) {
-		t.Logf("WARNING: the soft-dirty tracker is not tested on this machine: %v", err)
-		t.Skipf("SKIP soft-dirty: %v", err)
+	if !testenv.TrackerRequired(kind) && errors.Is(err, ErrNotSupported) {
+		t.Logf("WARNING: tracker %s UNAVAILABLE, not tested on this kernel: %v", kind, err)
+		t.Skipf("SKIP %s: UNAVAILABLE on this kernel: %v", kind, err)
 	}
-	t.Fatalf("tracker %s must run on this kernel: %v", kind, err)
+	t.Fatalf("tracker %s must run on this kernel (CRYO_TRACKERS=%s): %v", kind,
+		strings.Join(testenv.Trackers(), ","), err)
 }
 
 func TestProbe(t *testing.T) {
-	for _, k := range []string{KindAuto, KindUffdWP, KindScan} {
+	for _, k := range append([]string{KindAuto}, testenv.Trackers()...) {
 		if err := Probe(k); err != nil {
-			t.Errorf("Probe(%q) = %v, want nil on Linux 6.7+", k, err)
+			t.Errorf("Probe(%q) = %v, want nil: this kernel must run it", k, err)
 		}
 	}
-	err := Probe(KindSoftDirty)
-	t.Logf("Probe(soft-dirty) = %v", err)
-	if err != nil && !errors.Is(err, ErrNotSupported) {
-		t.Errorf("Probe(soft-dirty) = %v, want nil or ErrNotSupported", err)
+	for _, k := range []string{KindUffdWP, KindSoftDirty} {
+		err := Probe(k)
+		t.Logf("Probe(%s) = %v", k, err)
+		if err != nil && !errors.Is(err, ErrNotSupported) {
+			t.Errorf("Probe(%s) = %v, want nil or ErrNotSupported", k, err)
+		}
 	}
 	if err := Probe("bogus"); err == nil || errors.Is(err, ErrNotSupported) {
 		t.Errorf("Probe(bogus) = %v, want an error that is not ErrNotSupported", err)
@@ -49,9 +56,10 @@ func TestProbe(t *testing.T) {
 		t.Error("New(bogus) succeeded")
 	}
 	tr, err := New(KindAuto, os.Getpid())
-	if err != nil || tr.Name() != KindUffdWP {
-		t.Errorf("New(auto) = %v, %v; want the uffd-wp tracker", tr, err)
+	if err != nil || tr.Name() != testenv.AutoTracker() {
+		t.Fatalf("New(auto) = %v, %v; want the %s tracker", tr, err, testenv.AutoTracker())
 	}
+	t.Logf("New(auto) picks %s", tr.Name())
 	tr.Close()
 }
 
