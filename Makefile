@@ -3,6 +3,8 @@
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
 #   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
+#   make test-vm the dirty-tracker and checkpoint/restore tests inside a VM booting
+#                Debian's kernel, which has soft-dirty tracking (tests/vm)
 #
 # The end-to-end tests and the demo need root and a kernel with userfaultfd.
 
@@ -15,7 +17,7 @@ TEST_TIMEOUT ?= 20m
 CRYO_E2E_REQUIRE ?= 1
 export CRYO_E2E_REQUIRE
 
-.PHONY: all build deps test e2e bench demo clean
+.PHONY: all build deps test e2e test-vm bench demo clean
 
 all: build
 
@@ -50,6 +52,13 @@ test: deps
 
 e2e: deps
 	$(GO) test -v -count=1 -timeout $(TEST_TIMEOUT) ./tests/e2e/
+
+# test-vm boots Debian's own kernel (linux-image-amd64, fetched into /var/cache/cryo-vm
+# and never installed) under qemu with an initramfs of static test binaries, runs the
+# tracker and checkpoint/restore tests in it and fails on any failure. It installs
+# qemu-system-x86 when missing. VM_FLAGS: e.g. -accel tcg, -timeout 9m, -cache DIR.
+test-vm:
+	$(GO) run ./tests/vm $(VM_FLAGS)
 
 # bench runs the benchmark suite (work in progress, issue 5): a table on stdout,
 # bench-out/bench.json and bench-out/bench.html. BENCH_FLAGS=-quick for a short run.
