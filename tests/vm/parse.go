@@ -31,6 +31,7 @@ type step struct {
 	exit    int
 	seconds float64
 	ended   bool
+	passed  []string // the tests and subtests that passed
 }
 
 // truthRound is one round of the tracker-truth test (engine/track TestTruth).
@@ -63,6 +64,11 @@ func parseConsole(r io.Reader) *results {
 		case strings.HasPrefix(trimmed, "--- FAIL:"), strings.HasPrefix(trimmed, "panic:"),
 			strings.HasPrefix(trimmed, "FAIL:"):
 			res.fails = append(res.fails, trimmed)
+		case strings.HasPrefix(trimmed, "--- PASS:") && len(res.steps) > 0:
+			if f := strings.Fields(trimmed); len(f) >= 3 {
+				s := &res.steps[len(res.steps)-1]
+				s.passed = append(s.passed, f[2])
+			}
 		case strings.HasPrefix(trimmed, "--- SKIP:"):
 			f := strings.Fields(trimmed)
 			s := trimmed
@@ -189,7 +195,8 @@ func (res *results) print(w io.Writer) {
 		if !s.ended {
 			state = "NEVER ENDED"
 		}
-		fmt.Fprintf(w, "step %-16s %s in %.1fs\n", s.name, state, s.seconds)
+		fmt.Fprintf(w, "step %-16s %s in %.1fs; passed: %s\n", s.name, state, s.seconds,
+			strings.Join(s.passed, " "))
 	}
 	for _, s := range res.wrote {
 		fmt.Fprintf(w, "set %s\n", s)

@@ -37,6 +37,7 @@ func TestParseConsole(t *testing.T) {
 	var out strings.Builder
 	res.print(&out)
 	for _, s := range []string{"*** tracker uffd-wp UNAVAILABLE", "round 1: 461 written, 2 extra",
+		"passed: TestTruth TestTruth/soft-dirty TestTruth/scan\n",
 		"*** SKIPPED: --- SKIP: TestTruth/uffd-wp"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("summary lacks %q:\n%s", s, out.String())
