@@ -218,7 +218,7 @@ func boot(kernel, initrd, logPath string, timeout time.Duration, mem, accel stri
 	// set); "max" is what either accelerator offers.
 	args := []string{"-enable-kvm", "-cpu", "host,-arch-capabilities"}
 	if accel == "tcg" {
-		args = []string{"-accel", "tcg,thread=multi", "-cpu", "max"}
+		args = []string{"-accel", "tcg,thread=multi", "-cpu", "qemu64"}
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", append(args,
 		"-smp", "2", "-m", mem,
