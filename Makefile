@@ -1,10 +1,12 @@
 # cryo: build, test, demo and benchmark targets.
 #
 #   make demo    build cryo and run it on a python3 program (tests/demo.sh)
-#   make test    install gcc, python3, prometheus and chromium if missing; go vet; go test;
-#                the quick bench (it must complete)
+#   make test    install gcc, python3, a JDK, prometheus, chromium, redis and memcached if
+#                missing; go vet; go test; the quick bench (it must complete)
 #   make bench   the full benchmark suite (docs/BENCH.md)
 #   make e2e     only the end-to-end tests, verbose (timings in the log)
+#   make test-vm the dirty-tracker and checkpoint/restore tests inside a VM booting
+#                Debian's kernel, which has soft-dirty tracking (tests/vm)
 #
 # The end-to-end tests and the demo need root and a kernel with userfaultfd.
 
@@ -17,7 +19,7 @@ TEST_TIMEOUT ?= 20m
 CRYO_E2E_REQUIRE ?= 1
 export CRYO_E2E_REQUIRE
 
-.PHONY: all build deps test e2e bench demo clean
+.PHONY: all build deps test e2e test-vm bench demo clean
 
 all: build
 
@@ -29,6 +31,7 @@ deps:
 	@missing=""; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update && apt-get install -y $$missing; \
@@ -63,6 +66,13 @@ test: deps
 
 e2e: deps
 	$(GO) test -v -count=1 -timeout $(TEST_TIMEOUT) ./tests/e2e/
+
+# test-vm boots Debian's own kernel (linux-image-amd64, fetched into /var/cache/cryo-vm
+# and never installed) under qemu with an initramfs of static test binaries, runs the
+# tracker and checkpoint/restore tests in it and fails on any failure. It installs
+# qemu-system-x86 when missing. VM_FLAGS: e.g. -accel tcg, -timeout 9m, -cache DIR.
+test-vm:
+	$(GO) run ./tests/vm $(VM_FLAGS)
 
 # bench runs the benchmark suite (docs/BENCH.md): a table on stdout,
 # bench-out/bench.json and bench-out/bench.html. BENCH_FLAGS=-quick for a short run.

@@ -73,7 +73,7 @@ func (s *Session) planCopy(im *image.Image, dirty *track.Dirty, fallback string)
 		return nil, fmt.Errorf("open pagemap: %w", err)
 	}
 	defer pm.Close()
-	scan := pagemap.Supported() == nil
+	scan := usePagemapScan()
 
 	b := planBuilder{plan: plan, written: written}
 	for _, v := range im.VMAs {
@@ -97,6 +97,11 @@ func (s *Session) planCopy(im *image.Image, dirty *track.Dirty, fallback string)
 	}
 	return plan, nil
 }
+
+// usePagemapScan reports whether planCopy finds the pages that hold data with
+// the PAGEMAP_SCAN ioctl (Linux 6.7+) or, without it, by reading a pagemap entry
+// a page. The tests force the second on kernels that have the first.
+var usePagemapScan = func() bool { return pagemap.Supported() == nil }
 
 // planBuilder sorts the pages that hold data into those copied now and those
 // carried from the parent.

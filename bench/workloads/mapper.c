@@ -6,9 +6,9 @@
  *
  * Usage: mapper STEPFILE TRIGGER
  *
- * Every 10 ms it first looks for TRIGGER: once it exists it verifies and exits
- * (0 when all is well, 1 otherwise). Otherwise it reads the number in STEPFILE
- * and runs the steps up to that number (1 to LAST_STEP), printing
+ * Every 10 ms it reads the number in STEPFILE, then looks for TRIGGER: once it
+ * exists it verifies and exits (0 when all is well, 1 otherwise). Otherwise it
+ * runs the steps up to the number read (1 to LAST_STEP), printing
  * "step K ready" after each.
  *
  * The bookkeeping (a table of regions, each page's content tag and
@@ -482,9 +482,15 @@ int main(int argc, char **argv)
 	say("step 0 ready\n");
 	struct timespec tick = {0, 10 * 1000 * 1000};
 	for (;;) {
+		/*
+		 * The step file is read before the trigger is looked for: a process
+		 * checkpointed between the two and restored once the trigger exists
+		 * then verifies the step it was checkpointed in, rather than run on
+		 * to the step the file says by then.
+		 */
+		int want = target(argv[1]);
 		if (access(argv[2], F_OK) == 0)
 			return verify();
-		int want = target(argv[1]);
 		if (want > LAST_STEP)
 			want = LAST_STEP;
 		while (step < want)

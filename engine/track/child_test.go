@@ -16,6 +16,7 @@ import (
 	"github.com/cryo-dev/cryo/engine/remote"
 	"github.com/cryo-dev/cryo/internal/procfs"
 	"github.com/cryo-dev/cryo/internal/ptrace"
+	"github.com/cryo-dev/cryo/internal/testenv"
 )
 
 // toucher is a running testdata/toucher.c.
@@ -31,6 +32,9 @@ type toucher struct {
 }
 
 var buildToucher = sync.OnceValues(func() (string, error) {
+	if bin, ok, err := testenv.Prebuilt("toucher"); ok {
+		return bin, err
+	}
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
 		return "", err

@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryo-dev/cryo/engine/track"
+	"github.com/cryo-dev/cryo/internal/testenv"
 )
 
 // The workloads of the incremental tests (issue 3), built with the others.
@@ -39,20 +42,57 @@ func TestMapperIncrementalScan(t *testing.T) {
 }
 
 // TestMapperWatched is TestMapperIncremental with the checkpoints taken by
-// `cryo watch --interval 1s`, which keeps its tracker armed between them: on
-// this kernel each snapshot after the first must come from the uffd-wp
-// tracker. The test moves mapper one step on after each snapshot, so that
+// `cryo watch --interval 1s`, which keeps its tracker armed between them: each
+// snapshot after the first must come from the tracker auto picks on this
+// kernel (testenv.AutoTracker: uffd-wp on the build machines, soft-dirty in the
+// test VM). The test moves mapper one step on after each snapshot, so that
 // snapshot k holds step k.
 func TestMapperWatched(t *testing.T) {
 	requireE2E(t)
+	mapperWatched(t, "")
+}
+
+// TestMapperWatchedTrackers is TestMapperWatched with each other tracker named
+// by --tracker, for comparison: one the kernel must run (CRYO_TRACKERS) fails
+// when it cannot, another the kernel lacks is skipped, saying so loudly.
+func TestMapperWatchedTrackers(t *testing.T) {
+	requireE2E(t)
+	for _, kind := range []string{"uffd-wp", "soft-dirty", "scan"} {
+		if kind == testenv.AutoTracker() {
+			continue // TestMapperWatched
+		}
+		t.Run(kind, func(t *testing.T) {
+			if err := track.Probe(kind); err != nil {
+				if testenv.TrackerRequired(kind) {
+					t.Fatalf("tracker %s must run on this kernel: %v", kind, err)
+				}
+				t.Logf("WARNING: tracker %s UNAVAILABLE, not tested on this kernel: %v",
+					kind, err)
+				t.Skipf("SKIP %s: UNAVAILABLE on this kernel: %v", kind, err)
+			}
+			mapperWatched(t, kind)
+		})
+	}
+}
+
+// mapperWatched runs mapper under cryo watch with --tracker tracker (none when
+// "") and restores every snapshot.
+func mapperWatched(t *testing.T, tracker string) {
+	want := tracker
+	if want == "" {
+		want = testenv.AutoTracker()
+	}
 	store := newStore(t)
 	dir := t.TempDir()
 	stepFile, trigger := filepath.Join(dir, "step"), filepath.Join(dir, "trigger")
 	p := start(t, spawn{argv: []string{filepath.Join(binDir, "mapper"), stepFile, trigger}})
 	waitOutput(t, p.out, "step 0 ready\n", readyTimeout)
-	w := start(t, spawn{argv: []string{cryoBin, "--store", store, "--log-level", "info",
-		"watch", strconv.Itoa(p.pid), "--interval", "1s"},
-		stderrFile: filepath.Join(dir, "watch.log")})
+	argv := []string{cryoBin, "--store", store, "--log-level", "info", "watch",
+		strconv.Itoa(p.pid), "--interval", "1s"}
+	if tracker != "" {
+		argv = append(argv, "--tracker", tracker)
+	}
+	w := start(t, spawn{argv: argv, stderrFile: filepath.Join(dir, "watch.log")})
 
 	var ids []string
 	for k := 0; k <= mapperSteps; k++ {
@@ -96,9 +136,9 @@ func TestMapperWatched(t *testing.T) {
 			t.Errorf("snapshot %d (%s) has parent %q, want the one before, %s", k, id,
 				info.Parent, ids[k-1])
 		}
-		if info.Labels["tracker"] != "uffd-wp" {
-			t.Errorf("snapshot %d (%s): labels.tracker = %q (fallback %q), want uffd-wp on "+
-				"this kernel", k, id, info.Labels["tracker"], info.Labels["fallback"])
+		if info.Labels["tracker"] != want {
+			t.Errorf("snapshot %d (%s): labels.tracker = %q (fallback %q), want %s on "+
+				"this kernel", k, id, info.Labels["tracker"], info.Labels["fallback"], want)
 		}
 	}
 
@@ -169,14 +209,21 @@ func mapperIncremental(t *testing.T, tracker string) {
 // process that writes a known random set of pages while its pages are still
 // arriving, checkpointed again (incremental on the snapshot it was restored
 // from) and restored, holds the new content in exactly those pages and the
-// old in every other, as the program itself checks.
+// old in every other, as the program itself checks. The process holds 256
+// MiB, or CRYO_E2E_CARRYON_MIB (at least 64): the test VM, whose emulated CPU
+// is slow, takes less.
 func TestRestoreAndCarryOn(t *testing.T) {
 	requireE2E(t)
-	const (
-		mib    = 256
-		pages  = mib << 20 / pageSize
-		writes = 3000
-	)
+	const writes = 3000
+	mib := 256
+	if s := os.Getenv("CRYO_E2E_CARRYON_MIB"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 64 {
+			t.Fatalf("CRYO_E2E_CARRYON_MIB=%q: want a number of MiB, at least 64", s)
+		}
+		mib = n
+	}
+	pages := int64(mib) << 20 / pageSize
 	store := newStore(t)
 	dir := t.TempDir()
 	plan, trigger := filepath.Join(dir, "plan"), filepath.Join(dir, "trigger")
@@ -203,7 +250,7 @@ func TestRestoreAndCarryOn(t *testing.T) {
 		"%d of %d MiB in) and ended after %v (%d MiB in, restore still serving: %v); every "+
 		"page in after %v", ran, startedAt, rssStart>>10, mib, wroteAt, rss>>10, tracer != 0,
 		time.Since(r.started))
-	if rssStart>>10 >= mib {
+	if rssStart>>10 >= int64(mib) {
 		t.Errorf("every page was in before the restored process began writing: the writes " +
 			"did not race with the page server, which is what this test is for")
 	}
