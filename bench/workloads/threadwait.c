@@ -17,9 +17,12 @@
  *   read      read on a pipe until main writes "hello"; holds a robust
  *             mutex meanwhile and exits without unlocking it, so that main's
  *             lock must then report EOWNERDEAD (the robust futex list).
+ *   accept    accept on a TCP socket listening on 127.0.0.1 (a port the kernel
+ *             picks) until main connects and sends "knock", which the thread
+ *             must read from the accepted connection.
  * main prints "tid <role> <tid>" for each thread and itself, then "ready"
  * once every thread is about to block, then polls for the file TRIGGER. Once
- * it exists it wakes the futex, epoll and read threads, joins every thread
+ * it exists it wakes the futex, epoll, read and accept threads, joins every thread
  * (pthread_join waits on the kernel's clear_child_tid), and prints "OK", or
  * "FAIL <detail>" and exits 1. Each thread checks gettid() still returns the
  * tid it had before blocking.
@@ -35,22 +38,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { FUTEX, TIMEDWAIT, EPOLL, SLEEP, READ, NTHREADS };
-static const char *names[NTHREADS] = {"futex", "timedwait", "epoll", "sleep", "read"};
+enum { FUTEX, TIMEDWAIT, EPOLL, SLEEP, READ, ACCEPT, NTHREADS };
+static const char *names[NTHREADS] = {"futex", "timedwait", "epoll", "sleep", "read",
+				       "accept"};
 
 static pid_t tids[NTHREADS];
 static atomic_int blocking;
 static char failure[NTHREADS][200];
 
 static int futex_word, timed_word;
-static int efd, epfd, pipefd[2];
+static int efd, epfd, pipefd[2], lfd;
+static struct sockaddr_in laddr;
 static long long dur_ns;
 static pthread_mutex_t robust;
 
@@ -234,6 +242,38 @@ static void *read_thread(void *arg)
 	return NULL; /* still holding the robust mutex */
 }
 
+static void *accept_thread(void *arg)
+{
+	sigset_t mask;
+	char buf[16] = {0};
+	start(ACCEPT, &mask);
+	int c = accept(lfd, NULL, NULL);
+	if (c < 0) {
+		snprintf(failure[ACCEPT], 200, "accept: %s", strerror(errno));
+		return NULL;
+	}
+	ssize_t n = read(c, buf, sizeof buf - 1);
+	close(c);
+	if (n != 5 || strcmp(buf, "knock") != 0) {
+		snprintf(failure[ACCEPT], 200, "accept: read %zd bytes (%s)", n,
+			 n < 0 ? strerror(errno) : buf);
+		return NULL;
+	}
+	if (check(ACCEPT, &mask))
+		printf("accept ok: %s\n", buf);
+	return NULL;
+}
+
+/* knock connects to the accept thread's listener and sends "knock". */
+static int knock(void)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&laddr, sizeof laddr) != 0 ||
+	    write(s, "knock", 5) != 5)
+		return -1;
+	return close(s);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 3) {
@@ -255,9 +295,18 @@ int main(int argc, char **argv)
 		printf("FAIL setup: %s\n", strerror(errno));
 		return 1;
 	}
+	socklen_t alen = sizeof laddr;
+	laddr.sin_family = AF_INET;
+	laddr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&laddr, sizeof laddr) != 0 ||
+	    listen(lfd, 8) != 0 || getsockname(lfd, (struct sockaddr *)&laddr, &alen) != 0) {
+		printf("FAIL listen: %s\n", strerror(errno));
+		return 1;
+	}
 
 	void *(*fns[NTHREADS])(void *) = {futex_thread, timedwait_thread, epoll_thread,
-					  sleep_thread, read_thread};
+					  sleep_thread, read_thread, accept_thread};
 	pthread_t th[NTHREADS];
 	for (int i = 0; i < NTHREADS; i++)
 		pthread_create(&th[i], NULL, fns[i], NULL);
@@ -276,7 +325,7 @@ int main(int argc, char **argv)
 	__atomic_store_n(&futex_word, 1, __ATOMIC_SEQ_CST);
 	futex(&futex_word, FUTEX_WAKE_PRIVATE, 1, NULL, 0);
 	uint64_t one = 1;
-	if (write(efd, &one, 8) != 8 || write(pipefd[1], "hello", 5) != 5) {
+	if (write(efd, &one, 8) != 8 || write(pipefd[1], "hello", 5) != 5 || knock() != 0) {
 		printf("FAIL wake: %s\n", strerror(errno));
 		return 1;
 	}

@@ -17,6 +17,8 @@ const (
 	sysFutex      = 202
 	sysEpollWait  = 232
 	sysEpollPwait = 281
+	sysAccept     = 43
+	sysAccept4    = 288
 	// restart_syscall: a timed wait interrupted by a ptrace stop (the guard's,
 	// when it lets go of a lazily restored process) goes on in it.
 	sysRestartSyscall = 219
@@ -24,17 +26,17 @@ const (
 
 // TestThreadsBlockedInSyscalls is acceptance item 3 of issue 7: a C program
 // whose threads are blocked in futex (no timeout, and FUTEX_WAIT_BITSET with an
-// absolute deadline), epoll_wait, nanosleep and read is checkpointed, killed
+// absolute deadline), epoll_wait, nanosleep, read and accept (on a listening
+// TCP socket) is checkpointed, killed
 // and restored lazily. Every thread comes back with its tid; after the trigger
 // each call ends as it would have without the checkpoint (woken by main, timed
 // out at its deadline and not before, the sleep at its deadline without EINTR;
 // epoll_wait returns EINTR at every ptrace stop, checkpoint or not), the
 // signal masks are the same, xmm15 keeps its value across the futex wait (the
 // XSAVE area), pthread_join returns (clear_child_tid) and a robust
-// mutex held by a thread that exited reports EOWNERDEAD (the robust list). The
-// program checks all of that itself and prints OK.
-//
-// accept is not among them: cryo cannot checkpoint a socket yet.
+// mutex held by a thread that exited reports EOWNERDEAD (the robust list), and
+// the restored listener accepts a new connection. The program checks all of that
+// itself and prints OK.
 func TestThreadsBlockedInSyscalls(t *testing.T) {
 	requireE2E(t)
 	store := newStore(t)
@@ -50,13 +52,14 @@ func TestThreadsBlockedInSyscalls(t *testing.T) {
 		"futex": {sysFutex}, "timedwait": {sysFutex, sysRestartSyscall},
 		"epoll": {sysEpollWait, sysEpollPwait},
 		"sleep": {sysNanosleep, sysClockNanoslep, sysRestartSyscall}, "read": {sysRead},
+		"accept": {sysAccept, sysAccept4},
 	}
 	for role, nrs := range blocked {
 		waitThreadSyscall(t, p.pid, tids[role], nrs...)
 	}
 	before := taskList(t, p.pid)
-	if len(before) != 6 {
-		t.Fatalf("threadwait has threads %v, want 6", before)
+	if len(before) != 7 {
+		t.Fatalf("threadwait has threads %v, want 7", before)
 	}
 
 	t.Logf("threads blocked %v after the start", time.Since(started))
@@ -88,7 +91,7 @@ func TestThreadsBlockedInSyscalls(t *testing.T) {
 	got := p.out.String()
 	t.Logf("threadwait after restore:\n%s", got)
 	for _, want := range []string{"futex ok", "timedwait ok", "epoll ok",
-		"sleep ok: eintr=0", "read ok"} {
+		"sleep ok: eintr=0", "read ok", "accept ok"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("threadwait did not report %q", want)
 		}
