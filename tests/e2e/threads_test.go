@@ -27,16 +27,15 @@ const (
 // TestThreadsBlockedInSyscalls is acceptance item 3 of issue 7: a C program
 // whose threads are blocked in futex (no timeout, and FUTEX_WAIT_BITSET with an
 // absolute deadline), epoll_wait, nanosleep, read and accept (on a listening
-// TCP socket) is checkpointed, killed
-// and restored lazily. Every thread comes back with its tid; after the trigger
-// each call ends as it would have without the checkpoint (woken by main, timed
-// out at its deadline and not before, the sleep at its deadline without EINTR;
-// epoll_wait returns EINTR at every ptrace stop, checkpoint or not), the
-// signal masks are the same, xmm15 keeps its value across the futex wait (the
-// XSAVE area), pthread_join returns (clear_child_tid) and a robust
-// mutex held by a thread that exited reports EOWNERDEAD (the robust list), and
-// the restored listener accepts a new connection. The program checks all of that
-// itself and prints OK.
+// TCP socket) is checkpointed, killed and restored lazily. Every thread comes
+// back with its tid; after the trigger each call ends as it would have without
+// the checkpoint (woken by main, timed out at its deadline and not before, the
+// sleep at its deadline without EINTR; epoll_wait returns EINTR at every ptrace
+// stop, checkpoint or not), the signal masks are the same, xmm15 keeps its value
+// across the futex wait (the XSAVE area), pthread_join returns (clear_child_tid),
+// a robust mutex held by a thread that exited reports EOWNERDEAD (the robust
+// list), and the restored listener accepts a new connection. The program checks
+// all of that itself and prints OK.
 func TestThreadsBlockedInSyscalls(t *testing.T) {
 	requireE2E(t)
 	store := newStore(t)
