@@ -24,6 +24,10 @@ const (
 	sysRestartSyscall = 219
 )
 
+// threadwaitThreads is how many threads threadwait runs: main and one blocked in
+// each of futex, a timed futex, epoll_wait, nanosleep, read and accept.
+const threadwaitThreads = 7
+
 // TestThreadsBlockedInSyscalls is acceptance item 3 of issue 7: a C program
 // whose threads are blocked in futex (no timeout, and FUTEX_WAIT_BITSET with an
 // absolute deadline), epoll_wait, nanosleep, read and accept (on a listening
@@ -57,8 +61,8 @@ func TestThreadsBlockedInSyscalls(t *testing.T) {
 		waitThreadSyscall(t, p.pid, tids[role], nrs...)
 	}
 	before := taskList(t, p.pid)
-	if len(before) != 7 {
-		t.Fatalf("threadwait has threads %v, want 7", before)
+	if len(before) != threadwaitThreads {
+		t.Fatalf("threadwait has threads %v, want %d", before, threadwaitThreads)
 	}
 
 	t.Logf("threads blocked %v after the start", time.Since(started))
@@ -486,8 +490,8 @@ func TestThreadsGuardedUntilPagesIn(t *testing.T) {
 	r.waitRunning(t, p.pid)
 	time.Sleep(200 * time.Millisecond)
 	tids := taskList(t, p.pid)
-	if len(tids) != 6 {
-		t.Fatalf("restored threadwait has threads %v, want 6", tids)
+	if len(tids) != threadwaitThreads {
+		t.Fatalf("restored threadwait has threads %v, want %d", tids, threadwaitThreads)
 	}
 	for _, tid := range tids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", p.pid, tid))
