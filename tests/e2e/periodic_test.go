@@ -226,7 +226,7 @@ func parseRates(out string) []rewriterRate {
 }
 
 // logThroughput logs rewriter's throughput alone and under cryo run, and
-// fails only when cryo run more than halves it: timing belongs to the bench.
+// fails only when there are too few rate lines to compare.
 func logThroughput(t *testing.T, alone, under []rewriterRate) {
 	t.Helper()
 	if len(alone) < 3 || len(under) < 3 {
@@ -249,10 +249,9 @@ func logThroughput(t *testing.T, alone, under []rewriterRate) {
 		"(median of %d s, worst %.0f): %.1f%% slower; rewrites/s %.0f alone, %.0f under "+
 		"cryo run", a, len(alone), u, len(under), slices.Min(pick(under, checks)), slowdown,
 		median(pick(alone, rewrites)), median(pick(under, rewrites)))
-	if slowdown > 50 {
-		t.Errorf("rewriter's throughput fell %.1f%% under cryo run --interval 1s (%.0f to "+
-			"%.0f pages checked/s), want under 50%%", slowdown, a, u)
-	}
+	// No bound is asserted on the slowdown: it is a speed figure, measured by
+	// bench beside its baseline in one run (the periodic figures of BENCH.md);
+	// here a busy CI machine would make any bound either loose or flaky.
 }
 
 // waitSnapshots waits until the store holds want snapshots while cryo run
