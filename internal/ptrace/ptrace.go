@@ -23,9 +23,11 @@ const (
 	PTRACE_GET_RSEQ_CONFIGURATION = 0x420f
 	PTRACE_EVENT_STOP             = 0x80
 	NT_PRSTATUS                   = 1
+	NT_PRFPREG                    = 2
 	NT_X86_XSTATE                 = 0x202
 	rseqConfigurationSize         = 24 // sizeof(struct ptrace_rseq_configuration)
 	xstateMaxSize                 = 16384
+	FxsaveSize                    = 512 // sizeof(struct user_i387_struct) of x86-64
 	sigsetSize                    = 8
 	PTRACE_O_TRACESYSGOOD         = 0x1
 	PTRACE_O_TRACEFORK            = 0x2
@@ -66,7 +68,9 @@ func GetRegs(pid int) (Regs, error) {
 func SetRegs(pid int, r *Regs) error { return unix.PtraceSetRegs(pid, r) }
 
 // GetXstate reads the NT_X86_XSTATE register set (FPU, SSE, AVX and the rest of the
-// XSAVE area) and returns as many bytes as the kernel filled.
+// XSAVE area) and returns as many bytes as the kernel filled. On a CPU without
+// XSAVE (or a kernel booted with noxsave) the error is ENODEV; GetFxsave reads
+// the FPU state there.
 func GetXstate(pid int) ([]byte, error) {
 	buf := make([]byte, xstateMaxSize)
 	n, err := getRegset(pid, NT_X86_XSTATE, buf)
@@ -79,6 +83,34 @@ func GetXstate(pid int) ([]byte, error) {
 // SetXstate writes an NT_X86_XSTATE register set taken by GetXstate on this machine.
 func SetXstate(pid int, xstate []byte) error {
 	return setRegset(pid, NT_X86_XSTATE, xstate)
+}
+
+// GetFxsave reads the NT_PRFPREG register set: the x87 and SSE state in the
+// 512-byte layout of the FXSAVE instruction (struct user_i387_struct). Every
+// x86-64 CPU has it; where the CPU has XSAVE it is the first part of the XSAVE
+// area, without AVX and the later extensions.
+func GetFxsave(pid int) ([]byte, error) {
+	buf := make([]byte, FxsaveSize)
+	n, err := getRegset(pid, NT_PRFPREG, buf)
+	if err != nil {
+		return nil, err
+	}
+	if n != FxsaveSize {
+		return nil, fmt.Errorf("NT_PRFPREG of pid %d: the kernel filled %d bytes, want %d",
+			pid, n, FxsaveSize)
+	}
+	return buf, nil
+}
+
+// SetFxsave writes an NT_PRFPREG register set of FxsaveSize bytes. It works on
+// a CPU with XSAVE too: the kernel puts it into the legacy part of the XSAVE
+// area and leaves the extended state as it was.
+func SetFxsave(pid int, fxsave []byte) error {
+	if len(fxsave) != FxsaveSize {
+		return fmt.Errorf("NT_PRFPREG of pid %d: %d bytes, want %d", pid, len(fxsave),
+			FxsaveSize)
+	}
+	return setRegset(pid, NT_PRFPREG, fxsave)
 }
 
 // GetSigmask reads the blocked signal mask (Linux 3.11+).
