@@ -12,8 +12,8 @@ import (
 	"fmt"
 )
 
-// Version is the version of the Image encoding. A snapshot whose image has a newer
-// version is refused.
+// Version is the newest version of the Image encoding, the one this cryo reads and
+// writes. A snapshot whose image has a newer version is refused.
 //
 // Version 2 holds every thread of the process, each with its robust futex list,
 // clear_child_tid and alternate signal stack. A version 1 image has exactly one
@@ -22,7 +22,25 @@ import (
 //
 // Version 2 also added Proc and the timerfd, signalfd, memfd and socket kinds of
 // FD; a version 1 image decodes with Proc nil.
-const Version = 2
+//
+// Version 3 adds Thread.Fxsave, the FPU state of a thread on a CPU without
+// XSAVE. Checkpoint writes MinVersion, so only an image that holds one is
+// version 3: a cryo that reads version 2 and knows only Xstate refuses it
+// rather than restore its threads without their FPU state, and still restores
+// every other image.
+const Version = 3
+
+// MinVersion is the lowest version that holds everything im holds: 3 when a
+// thread's FPU state is in Fxsave, else 2 (version 1 cannot be written: it has
+// no process-wide state).
+func (im *Image) MinVersion() int {
+	for _, th := range im.Threads {
+		if len(th.Fxsave) > 0 {
+			return 3
+		}
+	}
+	return 2
+}
 
 // Image describes one checkpointed process.
 type Image struct {
@@ -132,8 +150,18 @@ type Thread struct {
 	// Regs is the x86-64 user_regs_struct, 27 words in kernel order.
 	Regs Regs `json:"regs"`
 
-	// Xstate is the NT_X86_XSTATE register set as PTRACE_GETREGSET returned it.
+	// Xstate is the NT_X86_XSTATE register set (the XSAVE area) as
+	// PTRACE_GETREGSET returned it. It is empty on a CPU without XSAVE, where
+	// Fxsave holds the FPU state; restoring it there fails.
 	Xstate []byte `json:"xstate"`
+
+	// Fxsave is the NT_PRFPREG register set, the x87 and SSE state in the
+	// 512-byte FXSAVE layout, taken instead of Xstate where the CPU has no XSAVE
+	// (such as qemu's "qemu64" model); empty otherwise. It restores on any
+	// x86-64 CPU; on one with XSAVE, the extended state (AVX and later) stays
+	// as restore found it, unused by a program that chose its code on a CPU
+	// without it. Version 3.
+	Fxsave []byte `json:"fxsave,omitempty"`
 
 	// SigMask is the blocked signal mask.
 	SigMask uint64 `json:"sigmask"`

@@ -1,6 +1,8 @@
 package image
 
 import (
+	"bytes"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -63,8 +65,58 @@ func TestProcRoundTrip(t *testing.T) {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got, im)
 	}
 
-	newer := []byte(`{"version":3}`)
+	newer := []byte(fmt.Sprintf(`{"version":%d}`, Version+1))
 	if _, err := Unmarshal(newer); err == nil {
-		t.Errorf("an image of version 3 decoded without error")
+		t.Errorf("an image of version %d decoded without error", Version+1)
+	}
+}
+
+// TestFPUState: a thread's FPU state is either an XSAVE area (xstate, every
+// version) or an FXSAVE area (fxsave, version 3); each comes back from its
+// encoding unchanged, an image without fxsave encodes and is written as a
+// version 2 reader knows it, and a version 2 image decodes with Fxsave empty.
+func TestFPUState(t *testing.T) {
+	xsave := bytes.Repeat([]byte{0xa5}, 832)
+	fxsave := bytes.Repeat([]byte{0x5a}, 512)
+	for _, tc := range []struct {
+		name        string
+		th          Thread
+		wantVersion int
+	}{
+		{"xsave", Thread{Tid: 7, Xstate: xsave}, 2},
+		{"fxsave", Thread{Tid: 7, Fxsave: fxsave}, 3},
+		{"none", Thread{Tid: 7}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			im := &Image{Pid: 7, Threads: []Thread{{Tid: 7, Xstate: xsave}, tc.th}}
+			if v := im.MinVersion(); v != tc.wantVersion {
+				t.Errorf("MinVersion %d, want %d", v, tc.wantVersion)
+			}
+			im.Version = im.MinVersion()
+			b, err := im.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := bytes.Contains(b, []byte(`"fxsave"`)); got != (tc.th.Fxsave != nil) {
+				t.Errorf("encoding holds an fxsave key: %v, want %v:\n%s", got,
+					tc.th.Fxsave != nil, b)
+			}
+			got, err := Unmarshal(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, im) {
+				t.Errorf("round trip:\n got %+v\nwant %+v", got, im)
+			}
+		})
+	}
+
+	const v2 = `{"version":2,"pid":4242,"threads":[{"tid":4242,"xstate":"AAAA"}]}`
+	im, err := Unmarshal([]byte(v2))
+	if err != nil {
+		t.Fatalf("decode a version 2 image: %v", err)
+	}
+	if th := im.Threads[0]; !bytes.Equal(th.Xstate, []byte{0, 0, 0}) || th.Fxsave != nil {
+		t.Errorf("version 2 thread decoded with xstate %x, fxsave %x", th.Xstate, th.Fxsave)
 	}
 }
