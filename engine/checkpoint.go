@@ -433,7 +433,7 @@ func trackedRanges(vmas []image.VMA) []track.Range {
 // threads are tids.
 func (s *Session) readImage(tids []int) (*image.Image, error) {
 	pid := s.pid
-	im := &image.Image{Version: image.Version, Pid: pid, Kernel: kernelRelease()}
+	im := &image.Image{Pid: pid, Kernel: kernelRelease()}
 
 	comm, err := os.ReadFile(procfs.Path(pid, "comm"))
 	if err != nil {
@@ -461,6 +461,9 @@ func (s *Session) readImage(tids []int) (*image.Image, error) {
 	if im.Threads, err = readThreads(pid, tids); err != nil {
 		return nil, err
 	}
+	// Version 3 only when a thread's FPU state is an FXSAVE area: older cryos
+	// restore every other image.
+	im.Version = im.MinVersion()
 
 	if im.FDs, err = fds.Dump(pid, fds.DumpOptions{Established: s.opts.Established}); err != nil {
 		return nil, fmt.Errorf("%w", err)
@@ -554,7 +557,7 @@ func readThread(tid int) (image.Thread, error) {
 		return th, fmt.Errorf("read registers of tid %d: %w", tid, err)
 	}
 	th.Regs = image.Regs(regs)
-	if th.Xstate, err = ptrace.GetXstate(tid); err != nil {
+	if th.Xstate, th.Fxsave, err = readFPU(tid); err != nil {
 		return th, fmt.Errorf("read FPU state of tid %d: %w", tid, err)
 	}
 	if th.SigMask, err = ptrace.GetSigmask(tid); err != nil {
@@ -568,6 +571,21 @@ func readThread(tid int) (image.Thread, error) {
 		th.Rseq = &image.Rseq{Ptr: rs.Ptr, Size: rs.Size, Sig: rs.Sig, Flags: rs.Flags}
 	}
 	return th, nil
+}
+
+// readFPU reads the FPU state of the stopped thread tid: the XSAVE area, or
+// where the CPU has no XSAVE (the kernel answers ENODEV for NT_X86_XSTATE;
+// qemu's "qemu64" CPU model is one) the FXSAVE area, which holds the x87 and
+// SSE registers, all such a CPU has.
+func readFPU(tid int) (xstate, fxsave []byte, err error) {
+	xstate, err = ptrace.GetXstate(tid)
+	if !errors.Is(err, unix.ENODEV) {
+		return xstate, nil, err
+	}
+	if fxsave, err = ptrace.GetFxsave(tid); err != nil {
+		return nil, nil, fmt.Errorf("NT_PRFPREG (the CPU has no XSAVE): %w", err)
+	}
+	return nil, fxsave, nil
 }
 
 // seizeHint explains a failed PTRACE_SEIZE when /proc says why.

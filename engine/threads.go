@@ -462,12 +462,39 @@ func restoreThread(t *remote.Task, th image.Thread, leader bool) error {
 	if err := ptrace.SetSigmask(tid, th.SigMask); err != nil {
 		return fmt.Errorf("set signal mask of tid %d: %w", tid, err)
 	}
-	if len(th.Xstate) > 0 {
-		if err := ptrace.SetXstate(tid, th.Xstate); err != nil {
-			return fmt.Errorf("set FPU state of tid %d: %w", tid, err)
+	return restoreFPU(tid, th)
+}
+
+// restoreFPU writes the FPU state of the stopped thread tid with the register
+// set it was read with: NT_PRFPREG for an FXSAVE area, which any x86-64 CPU
+// takes, NT_X86_XSTATE for an XSAVE area, which a CPU without XSAVE cannot
+// take. A thread with neither keeps the state restore left it with.
+func restoreFPU(tid int, th image.Thread) error {
+	if len(th.Fxsave) > 0 {
+		if err := ptrace.SetFxsave(tid, th.Fxsave); err != nil {
+			return fmt.Errorf("set FPU state (FXSAVE area) of tid %d: %w", tid, err)
 		}
+		return nil
+	}
+	if len(th.Xstate) > 0 {
+		return xstateError(tid, ptrace.SetXstate(tid, th.Xstate))
 	}
 	return nil
+}
+
+// xstateError wraps the error of writing thread tid's XSAVE area, saying what an
+// ENODEV means: this CPU has no XSAVE (or the kernel was booted with noxsave),
+// so the image, taken on a CPU that has it, cannot be restored here.
+func xstateError(tid int, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("set FPU state of tid %d: the image holds an XSAVE area and "+
+			"this CPU has no XSAVE (NT_X86_XSTATE): restore it on a CPU with XSAVE: %w",
+			tid, err)
+	}
+	return fmt.Errorf("set FPU state of tid %d: %w", tid, err)
 }
 
 // checkThreads rejects a thread list restore cannot rebuild: the leader must come
@@ -477,8 +504,8 @@ func checkThreads(im *image.Image) error {
 		return errors.New("image has no thread")
 	}
 	if im.Version < 2 && len(im.Threads) != 1 {
-		return fmt.Errorf("version %d image has %d threads: only version 2 records "+
-			"several", im.Version, len(im.Threads))
+		return fmt.Errorf("version %d image has %d threads: only version 2 and later "+
+			"record several", im.Version, len(im.Threads))
 	}
 	if im.Threads[0].Tid != im.Pid {
 		return fmt.Errorf("image's first thread has tid %d, not the pid %d",
@@ -490,6 +517,17 @@ func checkThreads(im *image.Image) error {
 			return fmt.Errorf("image has invalid or repeated tid %d", th.Tid)
 		}
 		seen[th.Tid] = true
+		if len(th.Fxsave) == 0 {
+			continue
+		}
+		if len(th.Xstate) > 0 {
+			return fmt.Errorf("image's thread %d has both an XSAVE and an FXSAVE area",
+				th.Tid)
+		}
+		if len(th.Fxsave) != ptrace.FxsaveSize {
+			return fmt.Errorf("image's thread %d has an FXSAVE area of %d bytes, want %d",
+				th.Tid, len(th.Fxsave), ptrace.FxsaveSize)
+		}
 	}
 	return nil
 }

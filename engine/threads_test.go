@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine/image"
 )
@@ -31,6 +34,14 @@ func TestCheckThreads(t *testing.T) {
 			"repeated tid 41"},
 		{"tid 1", image.Image{Version: 2, Pid: 40, Threads: th(40, 1)},
 			"invalid or repeated tid 1"},
+		{"fxsave", image.Image{Version: 3, Pid: 40, Threads: []image.Thread{
+			{Tid: 40, Fxsave: make([]byte, 512)}, {Tid: 41, Fxsave: make([]byte, 512)}}}, ""},
+		{"fxsave short", image.Image{Version: 3, Pid: 40, Threads: []image.Thread{
+			{Tid: 40, Fxsave: make([]byte, 512)}, {Tid: 41, Fxsave: make([]byte, 511)}}},
+			"thread 41 has an FXSAVE area of 511 bytes, want 512"},
+		{"fxsave and xstate", image.Image{Version: 3, Pid: 40, Threads: []image.Thread{
+			{Tid: 40, Xstate: make([]byte, 832), Fxsave: make([]byte, 512)}}},
+			"thread 40 has both an XSAVE and an FXSAVE area"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := checkThreads(&tc.im)
@@ -61,5 +72,26 @@ func TestImageVersion1Loads(t *testing.T) {
 	if th.Tid != 4242 || th.Regs.Rip != 4096 || th.SigMask != 5 || th.RobustList != 0 ||
 		th.ClearChildTid != 0 || th.AltStack != nil {
 		t.Errorf("version 1 thread decoded as %+v", th)
+	}
+}
+
+// TestXstateError: an XSAVE area written where the CPU has no XSAVE fails with
+// an error that says so and names the thread, and keeps the errno.
+func TestXstateError(t *testing.T) {
+	err := xstateError(41, unix.ENODEV)
+	for _, want := range []string{"tid 41", "no XSAVE"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("xstateError(ENODEV) = %v, want it to contain %q", err, want)
+		}
+	}
+	if !errors.Is(err, unix.ENODEV) {
+		t.Errorf("xstateError(ENODEV) = %v, does not match ENODEV", err)
+	}
+	if err := xstateError(41, unix.EFAULT); err == nil ||
+		strings.Contains(err.Error(), "XSAVE") || !errors.Is(err, unix.EFAULT) {
+		t.Errorf("xstateError(EFAULT) = %v, want only the tid and EFAULT", err)
+	}
+	if err := xstateError(41, nil); err != nil {
+		t.Errorf("xstateError(nil) = %v", err)
 	}
 }
