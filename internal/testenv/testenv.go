@@ -9,7 +9,8 @@
 //     CONFIG_MEM_SOFT_DIRTY. A tracker not listed is tested where the kernel
 //     runs it and reported unavailable, loudly, where it does not.
 //   - CRYO_PREBUILT names a folder of prebuilt test programs, each named after
-//     its C source without the ".c"; tests then build none.
+//     its C source without the ".c", or after the folder of its Go package;
+//     tests then build none.
 package testenv
 
 import (
@@ -45,9 +46,10 @@ func TrackerRequired(kind string) bool { return slices.Contains(Trackers(), kind
 func AutoTracker() string { return Trackers()[0] }
 
 // Prebuilt returns the path of the prebuilt program name (the base name of its
-// C source without ".c") when CRYO_PREBUILT is set, and ok false when it is
-// not. A program missing from the folder is an error: the caller cannot build
-// it either, since the folder is set where no compiler is.
+// C source without ".c", or of its Go package's folder) when CRYO_PREBUILT is
+// set, and ok false when it is not. A program missing from the folder is an
+// error: the caller cannot build it either, since the folder is set where no
+// compiler is.
 func Prebuilt(name string) (path string, ok bool, err error) {
 	dir := os.Getenv("CRYO_PREBUILT")
 	if dir == "" {

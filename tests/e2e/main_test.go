@@ -47,6 +47,12 @@ var (
 var cWorkloads = []string{"fdholder", "memfill", "lazyfork", "sockholder", "sockserve",
 	"syscallwait", "threadwait"}
 
+// goWorkloads are the Go programs in tests/e2e/testdata, each a folder of its
+// name holding its main.go, built with the Go that runs the tests. (The test
+// VM, tests/vm, prebuilds every such folder and every C program of
+// bench/workloads, and so every workload of these two lists.)
+var goWorkloads = []string{"goroutines"}
+
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
@@ -114,10 +120,10 @@ func probeEnvironment() string {
 	return ""
 }
 
-// build compiles cryo (unless CRYO_BIN names one) and the C workloads into dir,
-// or takes the workloads prebuilt from CRYO_PREBUILT (the test VM of
-// tests/vm, which has neither gcc nor python3: there a missing python3 fails
-// only the python tests).
+// build compiles cryo (unless CRYO_BIN names one) and the C and Go workloads
+// into dir, or takes the workloads prebuilt from CRYO_PREBUILT (the test VM of
+// tests/vm, which has neither gcc, go nor python3: there a missing python3
+// fails only the python tests).
 func build(dir string) error {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
@@ -155,21 +161,30 @@ func build(dir string) error {
 	}
 	javaErr = buildJava(root)
 
-	// The Go workload, built with the Go that runs the tests.
-	gobuild := exec.Command("go", "build", "-o", filepath.Join(binDir, "goroutines"),
-		"./tests/e2e/testdata/goroutines")
-	gobuild.Dir = root
-	if out, err := gobuild.CombinedOutput(); err != nil {
-		errs = append(errs, fmt.Errorf("go build goroutines: %w\n%s", err, out))
+	// A prebuilt workload is linked into binDir under its name.
+	linkPrebuilt := func(name string) bool {
+		bin, ok, err := testenv.Prebuilt(name)
+		if ok && err == nil {
+			err = os.Symlink(bin, filepath.Join(binDir, name))
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return ok
+	}
+	for _, name := range goWorkloads {
+		if linkPrebuilt(name) {
+			continue
+		}
+		gobuild := exec.Command("go", "build", "-o", filepath.Join(binDir, name),
+			"./tests/e2e/testdata/"+name)
+		gobuild.Dir = root
+		if out, err := gobuild.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("go build %s: %w\n%s", name, err, out))
+		}
 	}
 	for _, name := range cWorkloads {
-		if bin, ok, err := testenv.Prebuilt(name); ok {
-			if err == nil {
-				err = os.Symlink(bin, filepath.Join(binDir, name))
-			}
-			if err != nil {
-				errs = append(errs, err)
-			}
+		if linkPrebuilt(name) {
 			continue
 		}
 		src := filepath.Join(workloadsDir, name+".c")

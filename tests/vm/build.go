@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -47,20 +48,53 @@ var testSteps = []struct {
 	{name: "track-thp-always", pkg: "./engine/track", run: "TestTruth", timeout: "1m"},
 }
 
-// programs are the C programs the tests run, built with gcc -static into
-// /prebuilt under the name of their source.
+// programs are the C programs the tests run besides the workloads, built with
+// gcc -static into /prebuilt under the name of their source.
 var programs = []string{
 	"engine/track/testdata/toucher.c",
 	"engine/testdata/writer.c",
-	"bench/workloads/mapper.c",
-	"bench/workloads/carryon.c",
-	"bench/workloads/rewriter.c",
-	"bench/workloads/memfill.c",
-	"bench/workloads/fdholder.c",
-	"bench/workloads/lazyfork.c",
-	"bench/workloads/sockholder.c",
-	"bench/workloads/syscallwait.c",
 }
+
+// The workloads the end-to-end tests build (tests/e2e: cWorkloads and
+// goWorkloads) are every C program of bench/workloads and every Go program in
+// a folder of tests/e2e/testdata; the VM prebuilds all that these patterns
+// find, so that a workload added there needs no change here.
+const (
+	cWorkloadsGlob  = "bench/workloads/*.c"
+	goWorkloadsGlob = "tests/e2e/testdata/*/main.go"
+)
+
+// prebuilt returns the sources of the programs to prebuild: C files, and Go
+// package folders (with a "./" prefix), each built under its base name
+// without ".c". Two of one name would overwrite each other: an error.
+func prebuilt() ([]string, error) {
+	srcs := slices.Clone(programs)
+	c, err := filepath.Glob(cWorkloadsGlob)
+	if err != nil {
+		return nil, err
+	}
+	srcs = append(srcs, c...)
+	mains, err := filepath.Glob(goWorkloadsGlob)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mains {
+		srcs = append(srcs, "./"+filepath.Dir(m))
+	}
+	seen := map[string]string{}
+	for _, src := range srcs {
+		name := prebuiltName(src)
+		if seen[name] != "" {
+			return nil, fmt.Errorf("prebuilt programs %s and %s have one name, %s", seen[name],
+				src, name)
+		}
+		seen[name] = src
+	}
+	return srcs, nil
+}
+
+// prebuiltName is the name under /prebuilt of the program built from src.
+func prebuiltName(src string) string { return strings.TrimSuffix(filepath.Base(src), ".c") }
 
 // testdata are the folders copied to /src as they are in the repository: the
 // tests read their fixtures relative to their package folder, and the e2e tests
@@ -125,10 +159,23 @@ func buildInitramfs(dir string) (*initramfs, error) {
 	}
 	rd.addData("/plan", []byte(plan.String()), 0o644)
 
-	for _, src := range programs {
-		name := strings.TrimSuffix(filepath.Base(src), ".c")
+	srcs, err := prebuilt()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "prebuilt"), 0o755); err != nil {
+		return nil, err
+	}
+	for _, src := range srcs {
+		name := prebuiltName(src)
 		out := filepath.Join(dir, "prebuilt", name)
-		os.MkdirAll(filepath.Dir(out), 0o755)
+		if !strings.HasSuffix(src, ".c") {
+			if err := goBuild(out, "build", "-o", out, src); err != nil {
+				return nil, err
+			}
+			rd.addFile("/prebuilt/"+name, out, 0o755)
+			continue
+		}
 		cmd := exec.Command("gcc", "-static", "-O2", "-Wall", "-o", out, src)
 		if o, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("gcc -static %s: %w\n%s", src, err, o)

@@ -6,8 +6,9 @@
 // download` and unpacks it with dpkg-deb into a cache folder (it is never
 // installed as this machine's kernel); builds the test binaries of
 // engine/track, engine and tests/e2e, cryo and this folder's guest init
-// statically (CGO_ENABLED=0), and the C workloads with gcc -static; packs them
-// into an initramfs; boots it under qemu-system-x86_64 with KVM; and reads the
+// statically (CGO_ENABLED=0), and the programs the tests run (build.go): the C
+// ones with gcc -static, the e2e tests' Go workloads with CGO_ENABLED=0; packs
+// them into an initramfs; boots it under qemu-system-x86_64 with KVM; and reads the
 // guest's serial console, which it parses (parse.go). It exits 1 when any step
 // failed, a test failed, or the guest did not finish in time, and prints the
 // extra pages each tracker reported and the whole time taken.
