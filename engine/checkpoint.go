@@ -76,22 +76,29 @@ type Result struct {
 // closes with it), so with Tracker "auto" a single checkpoint scans, and says so in
 // the snapshot; Session keeps a tracker armed from one checkpoint to the next.
 func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Result, error) {
-	reason := ""
-	if opts.Tracker == "" || opts.Tracker == "auto" {
+	auto := opts.Tracker == "" || opts.Tracker == "auto"
+	if auto {
 		opts.Tracker = "scan"
-		reason = "a single checkpoint keeps no tracker armed between runs of cryo " +
-			"(cryo run and cryo watch do): scanned against the parent"
 	}
 	s, err := NewSession(store, pid, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
-	if reason != "" {
-		s.fallback = reason
+	switch {
+	case auto && s.parent == "":
+		s.fallback = noParent
+	case auto:
+		s.fallback = "a single checkpoint keeps no tracker armed between runs of cryo " +
+			"(cryo run and cryo watch do): scanned against the parent"
 	}
 	return s.Checkpoint(opts.Kill)
 }
+
+// noParent is the fallback reason of a snapshot that has no parent: there is
+// nothing to be incremental on, so every page holding data is copied (and
+// deduplicated against the store).
+const noParent = "no parent snapshot to be incremental on: every page copied"
 
 // Session checkpoints one process again and again, each snapshot incremental on
 // the one before. It keeps the dirty-page tracker armed between checkpoints, so
@@ -400,8 +407,11 @@ func (s *Session) collect(im *image.Image) (*track.Dirty, string) {
 			err = rerr
 		}
 		if err == nil {
-			if !s.armed || s.parent == "" {
-				return &d, "first checkpoint of this tracker: no parent it was armed at"
+			switch {
+			case s.parent == "":
+				return &d, noParent
+			case !s.armed:
+				return &d, "first checkpoint of this tracker: it was not armed at the parent"
 			}
 			return &d, ""
 		}
