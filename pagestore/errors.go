@@ -90,22 +90,35 @@ type LockedError struct {
 }
 
 func (e *LockedError) Error() string {
-	what := "reading"
-	if e.Exclusive {
-		what = "writing"
-	}
 	if e.Local != "" {
 		return fmt.Sprintf("page store %s is locked by this process (%s)", e.Dir, e.Local)
 	}
 	if len(e.PIDs) == 0 {
-		return fmt.Sprintf("page store %s is locked by another process (%s)", e.Dir, what)
+		return fmt.Sprintf("page store %s is locked by another process (%s)", e.Dir,
+			e.mode())
+	}
+	return fmt.Sprintf("page store %s is locked by %s (%s)", e.Dir, e.holder(), e.mode())
+}
+
+// holder names the processes holding the lock: "pid 4242", "pid 4242, 4243", or
+// "another process" when they could not be found.
+func (e *LockedError) holder() string {
+	if len(e.PIDs) == 0 {
+		return "another process"
 	}
 	pids := make([]string, len(e.PIDs))
 	for i, p := range e.PIDs {
 		pids[i] = strconv.Itoa(p)
 	}
-	return fmt.Sprintf("page store %s is locked by pid %s (%s)", e.Dir, strings.Join(pids, ", "),
-		what)
+	return "pid " + strings.Join(pids, ", ")
+}
+
+// mode says what the holder does with the store: "reading" or "writing".
+func (e *LockedError) mode() string {
+	if e.Exclusive {
+		return "writing"
+	}
+	return "reading"
 }
 
 // Is reports whether target is ErrLocked.

@@ -80,9 +80,13 @@ func (l *storeLock) lock(exclusive bool) (first bool, err error) {
 		if !time.Now().Before(deadline) {
 			return false, l.holders()
 		}
-		// Another cryo holds the store: its checkpoint or reads end soon.
+		// Another cryo holds the store: its checkpoint or reads end soon. Say so
+		// once, at Warn: the caller may sit here for up to l.wait with nothing to
+		// show for it otherwise.
 		if pause == 5*time.Millisecond && l.log != nil {
-			l.log.Info("waiting for the store lock", "store", l.dir, "held", l.holders())
+			h := l.holders()
+			l.log.Warn("waiting for the store lock", "store", l.dir, "holder", h.holder(),
+				"mode", h.mode(), "up_to", l.wait)
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 200*time.Millisecond)
@@ -135,7 +139,7 @@ func (l *storeLock) close() error {
 // holders builds the error for a refused lock: it finds the processes holding a
 // flock on the lock file in /proc/locks, and falls back to the pid written in the
 // file by the last exclusive holder.
-func (l *storeLock) holders() error {
+func (l *storeLock) holders() *LockedError {
 	e := &LockedError{Dir: l.dir}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(l.f.Fd()), &st); err == nil {

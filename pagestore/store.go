@@ -35,7 +35,8 @@ type Options struct {
 	CacheFrames int
 	// LockWait is how long an operation waits for another process that holds
 	// the store (a checkpoint being written, a restore reading) before it fails
-	// with a LockedError naming that process. Zero fails at once.
+	// with a LockedError naming that process. Zero fails at once. A caller that
+	// has to wait logs it once, at Warn, naming the holder and its mode.
 	LockWait time.Duration
 	// NoCreate refuses to create a store where there is none (ErrNotFound):
 	// for commands that only read, where a mistyped path must not look like an

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -465,4 +466,52 @@ func TestWriterSeesOtherStores(t *testing.T) {
 		t.Fatalf("second store stored %d pages again", info.Stats.NewPages)
 	}
 	checkSnapshot(t, b, info.ID, want)
+}
+
+// TestLockWaitSaysSo checks a caller that has to wait for the store lock says
+// so once, at Warn (cryo's default level shows it), naming what the holder
+// does, before it gives up with the LockedError.
+func TestLockWaitSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	a := openTest(t, dir)
+	w, err := a.NewWriter("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := a.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := a.OpenSnapshot(snaps[0].ID) // holds a read lock until closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b, err := Open(dir, Options{Logger: log, LockWait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	start := time.Now()
+	_, err = b.NewWriter("")
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "(reading)") {
+		t.Fatalf("writer while a snapshot is open: %v, want a LockedError naming a reader", err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("writer gave up after %v, want it to wait the 300ms LockWait", took)
+	}
+	out := logged.String()
+	t.Logf("log: %s", out)
+	if n := strings.Count(out, "waiting for the store lock"); n != 1 ||
+		!strings.Contains(out, "level=WARN") || !strings.Contains(out, "mode=reading") ||
+		!strings.Contains(out, "holder=") {
+		t.Errorf("log while waiting:\n%s\nwant one Warn line naming the holder and its "+
+			"mode (reading)", out)
+	}
 }
