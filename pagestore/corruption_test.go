@@ -167,3 +167,40 @@ func readAll(s *Store, id string, want map[uint64][]byte) error {
 	}
 	return first
 }
+
+// TestListSkipsDamaged checks List returns the snapshots it can read when one
+// manifest is damaged, with an error that wraps one error a damaged snapshot,
+// each a CorruptionError naming it (cryo ls relies on that shape).
+func TestListSkipsDamaged(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	ranges, _, _ := sampleRanges(3)
+	var ids []string
+	for range 3 {
+		ids = append(ids, commit(t, s, "", ranges).ID)
+	}
+	p := filepath.Join(dir, snapsDir, ids[1])
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+
+	list, err := s.List()
+	if len(list) != 2 || list[0].ID != ids[0] || list[1].ID != ids[2] {
+		t.Errorf("list %v, want %s and %s", list, ids[0], ids[2])
+	}
+	j, ok := errors.Unwrap(err).(interface{ Unwrap() []error })
+	if !ok || len(j.Unwrap()) != 1 {
+		t.Fatalf("list error %v (%T), want one wrapping one error a damaged snapshot", err,
+			errors.Unwrap(err))
+	}
+	var ce *CorruptionError
+	if e := j.Unwrap()[0]; !errors.As(e, &ce) || ce.Snapshot != ids[1] ||
+		!strings.Contains(e.Error(), ids[1]) {
+		t.Errorf("error for the damaged snapshot: %v, want a CorruptionError naming %s",
+			e, ids[1])
+	}
+}

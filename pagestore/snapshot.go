@@ -213,8 +213,10 @@ func (m *manifest) info() SnapshotInfo {
 		Labels: m.Labels, Stats: m.Stats}
 }
 
-// List returns every snapshot, oldest first. If some manifests are damaged it
-// returns the others together with an error naming each damaged snapshot.
+// List returns every snapshot, oldest first. If some manifests cannot be read
+// (damaged, or an I/O error) it returns the others together with an error that
+// wraps an errors.Join of one error a snapshot, each naming it. Any other error
+// comes with no snapshots.
 func (s *Store) List() ([]SnapshotInfo, error) {
 	if err := s.acquire(false); err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)

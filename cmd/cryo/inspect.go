@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -18,7 +19,10 @@ func (a *app) lsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "ls",
 		Short: "List the snapshots in the store, oldest first",
-		Args:  cobra.NoArgs,
+		Long: "Lists the snapshots in the store, oldest first, one a line. A snapshot " +
+			"whose manifest cannot be read is left out of the list and named on " +
+			"stderr with the reason, and ls then exits 1 once the others are listed.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := a.openExisting()
 			if err != nil {
@@ -26,7 +30,8 @@ func (a *app) lsCmd() *cobra.Command {
 			}
 			defer st.Close()
 			snaps, err := st.List()
-			if err != nil {
+			damaged := perSnapshot(err)
+			if err != nil && damaged == nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -36,9 +41,30 @@ func (a *app) lsCmd() *cobra.Command {
 					s.Created.Local().Format(time.DateTime), s.Labels["pid"], s.Labels["comm"],
 					s.Stats.Pages, bytesString(s.Stats.StoredBytes))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(damaged) == 0 {
+				return nil
+			}
+			// A script must not take the list for the whole store.
+			for _, d := range damaged {
+				fmt.Fprintf(os.Stderr, "cryo: ls: left out: %v\n", d)
+			}
+			return exitError{code: 1}
 		},
 	}
+}
+
+// perSnapshot returns the errors of the snapshots pagestore.Store.List could not
+// read, one a snapshot, or nil if err is not of that kind (nil, or a failure to
+// list at all).
+func perSnapshot(err error) []error {
+	j, ok := errors.Unwrap(err).(interface{ Unwrap() []error })
+	if !ok {
+		return nil
+	}
+	return j.Unwrap()
 }
 
 // inspectJSON is the machine-readable form of cryo inspect.
