@@ -84,6 +84,22 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 		}()
 	}
 
+	// The pid file is made before anything is restored: a path that cannot be
+	// written must fail the restore before there is a process to deal with.
+	var pidfile *os.File
+	if f.pidfile != "" {
+		pidfile, err = createPidfile(f.pidfile)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if pidfile != nil { // not written: leave no empty pid file behind
+				pidfile.Close()
+				removePidfile(f.pidfile)
+			}
+		}()
+	}
+
 	var stdio [3]*os.File
 	for i, p := range f.stdio {
 		if p == "" {
@@ -124,10 +140,19 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 	if err != nil {
 		return err
 	}
-	if f.pidfile != "" {
-		if err := os.WriteFile(f.pidfile, []byte(strconv.Itoa(r.Pid)+"\n"), 0o644); err != nil {
+	if pidfile != nil {
+		werr := writePid(pidfile, r.Pid)
+		pidfile = nil
+		if werr != nil {
+			// Whoever asked for the pid file would not find the process: end it,
+			// rather than leave it running unaccounted for, and reap it.
 			unix.Kill(r.Pid, unix.SIGKILL)
-			return fmt.Errorf("restore: write pid file: %w", err)
+			cancel()
+			r.Serve(ctx)
+			r.Wait()
+			removePidfile(f.pidfile)
+			return fmt.Errorf("restore snapshot %s: %w; pid %d was killed", r.Snapshot,
+				werr, r.Pid)
 		}
 	}
 	a.log.Info("restored", "snapshot", r.Snapshot, "pid", r.Pid, "to_run", r.ToRun)
@@ -217,5 +242,35 @@ func (a *app) detachRestore(ref string) error {
 		return errors.New(strings.TrimPrefix(line, "error "))
 	default:
 		return fmt.Errorf("restore --detach: background restore ended without a report (%v)", err)
+	}
+}
+
+// createPidfile creates (or truncates) the pid file at path and opens it for the
+// pid to be written once it is known.
+func createPidfile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("restore: create pid file: %w", err)
+	}
+	return f, nil
+}
+
+// writePid writes pid to the pid file f and closes it.
+func writePid(f *os.File, pid int) error {
+	_, err := f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write pid file %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// removePidfile removes a pid file that holds no pid, if it is a regular file
+// (a pid file on /dev/stdout or a fifo is left alone).
+func removePidfile(path string) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
+		os.Remove(path)
 	}
 }

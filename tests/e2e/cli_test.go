@@ -1,15 +1,80 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // The tests of this file check what the cryo command prints, returns and
 // leaves behind in the corner cases of its commands.
+
+// TestRestorePidfileUnwritable checks a --pidfile that cannot be written fails
+// the restore before any process is made, naming the path, in the foreground
+// and detached.
+func TestRestorePidfileUnwritable(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 8)
+	checkpoint(t, store, m.p.pid)
+	m.p.kill(t)
+	t.Cleanup(func() { syscall.Kill(m.p.pid, syscall.SIGKILL) })
+
+	pidfile := filepath.Join(t.TempDir(), "nonexistent", "restored.pid")
+	for _, mode := range [][]string{nil, {"--detach"}} {
+		args := append([]string{"restore", "latest", "--pidfile", pidfile}, mode...)
+		seen := watchPid(m.p.pid)
+		r := cryo(t, store, args...)
+		made := seen()
+		t.Logf("cryo %s: exit %d, stderr:\n%s", strings.Join(args, " "), r.exit, r.stderr)
+		if r.exit == 0 || !strings.Contains(r.stderr, pidfile) {
+			t.Errorf("cryo %s: exit %d, stderr %q; want a failure naming %s",
+				strings.Join(args, " "), r.exit, r.stderr, pidfile)
+		}
+		if made {
+			t.Errorf("cryo %s: pid %d existed while it ran, want no process made",
+				strings.Join(args, " "), m.p.pid)
+		}
+		if st, err := procState(m.p.pid); err == nil {
+			t.Errorf("cryo %s: pid %d exists (state %s), want no process made",
+				strings.Join(args, " "), m.p.pid, st)
+		}
+		requireNoProcess(t, "memfill", m.p.pid)
+	}
+}
+
+// watchPid polls for /proc/PID every millisecond until the function it returns
+// is called, which says whether pid existed meanwhile. A restored process
+// lives tens of milliseconds at least (the restore itself), so it is seen.
+func watchPid(pid int) func() bool {
+	stop, done := make(chan struct{}), make(chan bool)
+	path := fmt.Sprintf("/proc/%d", pid)
+	go func() {
+		seen := false
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			if _, err := os.Stat(path); err == nil {
+				seen = true
+			}
+			select {
+			case <-stop:
+				done <- seen
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() bool {
+		close(stop)
+		return <-done
+	}
+}
 
 // TestLsDamagedManifest checks `cryo ls` on a store where one of three
 // manifests is damaged lists the other two, names the damaged one on stderr
