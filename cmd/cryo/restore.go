@@ -77,8 +77,13 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 	if f.readyFD != 0 {
 		ready = os.NewFile(uintptr(f.readyFD), "ready")
 		defer func() {
+			if ready == nil {
+				return
+			}
 			if err != nil {
+				// The foreground prints the error; this copy exits without.
 				fmt.Fprintf(ready, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+				err = exitError{code: 1}
 			}
 			ready.Close()
 		}()

@@ -14,6 +14,29 @@ import (
 // The tests of this file check what the cryo command prints, returns and
 // leaves behind in the corner cases of its commands.
 
+// TestDetachErrorOnce checks an error of `cryo restore --detach` (here: the
+// pid is in use) is printed once, by the foreground, not also by the
+// background copy that found it.
+func TestDetachErrorOnce(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 8)
+	checkpoint(t, store, m.p.pid)
+
+	r := cryo(t, store, "restore", "latest", "--detach")
+	t.Logf("restore --detach with pid %d in use: exit %d, stderr:\n%s", m.p.pid, r.exit,
+		r.stderr)
+	if r.exit == 0 || r.stdout != "" {
+		t.Fatalf("restore --detach with pid %d in use: exit %d, stdout %q; want a failure "+
+			"and no pid", m.p.pid, r.exit, r.stdout)
+	}
+	if n := strings.Count(r.stderr, "pid is in use"); n != 1 {
+		t.Errorf("restore --detach printed the error %d times, want once:\n%s", n, r.stderr)
+	}
+	waitNoCryo(t)
+	requireFree(t, m.p.pid)
+}
+
 // TestRestorePidfileUnwritable checks a --pidfile that cannot be written fails
 // the restore before any process is made, naming the path, in the foreground
 // and detached.
@@ -129,5 +152,19 @@ func TestLsDamagedManifest(t *testing.T) {
 	}
 	if got := listSnapshots(t, store); len(got) != 3 {
 		t.Errorf("cryo ls on the undamaged original lists %q, want 3 snapshots", got)
+	}
+}
+
+// waitNoCryo waits until no process runs the cryo binary under test: a
+// background page server or a restore host left over.
+func waitNoCryo(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for len(procsRunning(cryoBin)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cryo processes %v still running after %v", procsRunning(cryoBin),
+				readyTimeout)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
