@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,7 +43,11 @@ func (a *app) restoreCmd() *cobra.Command {
 			"in the foreground and exits with the process's exit status, unless --detach.\n\n" +
 			"Descriptors 0, 1 and 2 that were a terminal or a pipe to outside the process " +
 			"are connected to cryo restore's own stdin, stdout and stderr, or to the files " +
-			"--stdin, --stdout and --stderr name.",
+			"--stdin, --stdout and --stderr name.\n\n" +
+			"With --detach, cryo restore prints the pid and exits once the process runs; " +
+			"a background copy serves the pages, its stdin on /dev/null and its stdout " +
+			"and stderr (its log) on " + detachedLogDir + "/restore-PID.log, removed if " +
+			"left empty. --pidfile is created before the restore starts.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref := "latest"
@@ -71,7 +76,7 @@ func (a *app) restoreCmd() *cobra.Command {
 
 // restore rebuilds the process and serves its pages. In the foreground it returns the
 // process's exit status as an exitError; detached, it reports the pid on the ready
-// pipe and returns when every page is in.
+// pipe and returns when every page is in (or the process is gone).
 func (a *app) restore(ref string, f *restoreFlags) (err error) {
 	var ready *os.File
 	if f.readyFD != 0 {
@@ -163,10 +168,18 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 	a.log.Info("restored", "snapshot", r.Snapshot, "pid", r.Pid, "to_run", r.ToRun)
 
 	if ready != nil {
+		logPath := a.leaveCallerStdio(r.Pid)
 		fmt.Fprintf(ready, "pid %d\n", r.Pid)
 		ready.Close()
 		ready = nil
-		return r.Serve(ctx)
+		serr := r.Serve(ctx)
+		if errors.Is(serr, lazy.ErrSource) {
+			return killedErr(r, serr)
+		}
+		if serr == nil && logPath != "" {
+			removeIfEmpty(logPath)
+		}
+		return serr
 	}
 
 	served := make(chan error, 1)
@@ -194,13 +207,19 @@ func (a *app) restore(ref string, f *restoreFlags) (err error) {
 	if errors.Is(serr, lazy.ErrSource) {
 		// The process was killed because its memory could not be read back:
 		// that is cryo's failure, not the program's exit.
-		return fmt.Errorf("restore snapshot %s: pid %d was killed rather than run with "+
-			"missing memory: %w", r.Snapshot, r.Pid, serr)
+		return killedErr(r, serr)
 	}
 	if serr != nil && !errors.Is(serr, context.Canceled) && !errors.Is(serr, lazy.ErrKilled) {
 		a.log.Warn("page server stopped with an error", "pid", r.Pid, "err", serr)
 	}
 	return exitError{code: exitCode(ps)}
+}
+
+// killedErr is the error of a restore whose process the page server killed
+// because it could not read the process's memory (serr matches lazy.ErrSource).
+func killedErr(r *engine.Restored, serr error) error {
+	return fmt.Errorf("restore snapshot %s: pid %d was killed rather than run with "+
+		"missing memory: %w", r.Snapshot, r.Pid, serr)
 }
 
 // exitCode turns a wait status into a shell-style exit status.
@@ -276,6 +295,60 @@ func writePid(f *os.File, pid int) error {
 // (a pid file on /dev/stdout or a fifo is left alone).
 func removePidfile(path string) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
+		os.Remove(path)
+	}
+}
+
+// detachedLogDir holds the logs of the page servers of detached restores, one
+// file a restore: restore-PID.log, PID the restored pid. A log a server leaves
+// empty is removed when it exits.
+const detachedLogDir = "/run/cryo"
+
+// leaveCallerStdio points the descriptors 0, 1 and 2 of the background copy of
+// a detached restore away from those of the command that started it, once the
+// restored process holds its own copies: the caller's stdout may be a pipe that
+// must see end of file when the pid is printed (as in pid=$(cryo restore
+// --detach)). Stdin becomes /dev/null; stdout and stderr, where the page
+// server's log and final error go, the file detachedLogDir/restore-PID.log, or
+// /dev/null if that cannot be created. It returns the log's path, or "".
+func (a *app) leaveCallerStdio(pid int) string {
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		// Without /dev/null nothing else is likely to work either.
+		a.log.Warn("the page server keeps the caller's stdio", "err", err)
+		return ""
+	}
+	defer null.Close()
+	out := null
+	path := filepath.Join(detachedLogDir, fmt.Sprintf("restore-%d.log", pid))
+	lf, err := openLog(path)
+	if err != nil {
+		a.log.Warn("the page server's log is discarded", "err", err)
+		path = ""
+	} else {
+		defer lf.Close()
+		out = lf
+		a.log.Info("the page server logs to a file", "pid", pid, "log", path)
+	}
+	for fd, f := range []*os.File{null, out, out} {
+		if err := unix.Dup3(int(f.Fd()), fd, 0); err != nil {
+			a.log.Warn("the page server keeps the caller's stdio", "fd", fd, "err", err)
+		}
+	}
+	return path
+}
+
+// openLog creates (or truncates) the log file at path, and its folder.
+func openLog(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+}
+
+// removeIfEmpty removes the file at path if nothing was written to it.
+func removeIfEmpty(path string) {
+	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
 		os.Remove(path)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,6 +14,86 @@ import (
 
 // The tests of this file check what the cryo command prints, returns and
 // leaves behind in the corner cases of its commands.
+
+// promptly is how long a cryo command may take to let go of the caller's
+// pipes once it has exited: no work is left for it, so anything near this
+// bound is a descriptor held by a process that outlives the command.
+const promptly = 10 * time.Second
+
+// TestDetachLetsGoOfStdio checks `pid=$(cryo restore --detach --no-prefetch
+// ...)` returns as soon as the pid is printed: stdout and stderr of cryo reach
+// end of file while the restored process, and the background page server
+// serving it, still run.
+func TestDetachLetsGoOfStdio(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 8)
+	checkpoint(t, store, m.p.pid)
+	m.p.kill(t)
+	t.Cleanup(func() { syscall.Kill(m.p.pid, syscall.SIGKILL) })
+
+	stdio := filepath.Join(t.TempDir(), "stdio")
+	cmd := exec.Command(cryoBin, "--store", store, "restore", "latest", "--detach",
+		"--no-prefetch", "--stdout", stdio, "--stderr", stdio)
+	cmd.Env = cryoEnv()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	began := time.Now()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr := drainPipe(outR), drainPipe(errR)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("cryo restore --detach: %v; stderr:\n%s", err, stderr)
+	}
+	exited := time.Since(began)
+
+	// What the caller of pid=$(cryo restore --detach) waits for.
+	for _, p := range []struct {
+		name string
+		out  *pipeOutput
+	}{{"stdout", stdout}, {"stderr", stderr}} {
+		select {
+		case <-p.out.done:
+		case <-time.After(time.Until(began.Add(exited + promptly))):
+			t.Fatalf("cryo restore --detach exited after %v, but its %s is not at end of "+
+				"file %v later (restored pid %d alive: %v): another process holds it; "+
+				"stdout %q, stderr %q", exited, p.name, promptly, m.p.pid,
+				processAlive(m.p.pid), stdout, stderr)
+		}
+	}
+	t.Logf("timing: cryo restore --detach exited after %v, its stdout and stderr at end "+
+		"of file after %v", exited, time.Since(began))
+	if got := strings.TrimSpace(stdout.String()); got != strconv.Itoa(m.p.pid) {
+		t.Fatalf("cryo restore --detach printed %q, want the pid %d", got, m.p.pid)
+	}
+	if !processAlive(m.p.pid) {
+		t.Fatalf("restored pid %d is not running after its pid was printed", m.p.pid)
+	}
+	if len(procsRunning(cryoBin)) == 0 {
+		t.Fatalf("no background page server runs: the test cannot tell it let go of the " +
+			"caller's stdio (did --no-prefetch serve every page already?)")
+	}
+
+	touch(t, m.trigger)
+	waitOutput(t, m.p.out, "OK\n", restoreTimeout)
+	waitNoCryo(t)
+	logFile := fmt.Sprintf("/run/cryo/restore-%d.log", m.p.pid)
+	if b, err := os.ReadFile(logFile); err == nil {
+		t.Errorf("the page server left %s behind; it holds:\n%s\nwant it removed "+
+			"when the server has logged nothing", logFile, b)
+	}
+}
 
 // TestDetachErrorOnce checks an error of `cryo restore --detach` (here: the
 // pid is in use) is printed once, by the foreground, not also by the
