@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -233,6 +234,96 @@ func TestLsDamagedManifest(t *testing.T) {
 	}
 	if got := listSnapshots(t, store); len(got) != 3 {
 		t.Errorf("cryo ls on the undamaged original lists %q, want 3 snapshots", got)
+	}
+}
+
+// TestLockWaitNamesHolder checks a checkpoint into a store a lazy
+// --no-prefetch restore is reading says, at cryo's default log level, that it
+// waits and for which process, and goes ahead once the restore is done.
+func TestLockWaitNamesHolder(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 8)
+	id := checkpoint(t, store, m.p.pid)
+	m.p.kill(t)
+	rr := startRestore(t, store, id, "--no-prefetch")
+	rr.waitRunning(t, m.p.pid)
+
+	other := startMemfill(t, 8)
+	cmd := exec.Command(cryoBin, "--store", store, "checkpoint", strconv.Itoa(other.p.pid))
+	cmd.Env = cryoEnv()
+	var stdout bytes.Buffer
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = &stdout, errW
+	err = cmd.Start()
+	errW.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := drainPipe(errR)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+
+	// The wait lasts up to a minute: the line must come well before that.
+	waitOutput(t, stderr, "waiting for the store lock", 20*time.Second)
+	time.Sleep(200 * time.Millisecond) // would a second line follow?
+	line := ""
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(l, "waiting for the store lock") {
+			if line != "" {
+				t.Errorf("a second line about the wait: %q", l)
+			}
+			line = l
+		}
+	}
+	t.Logf("checkpoint while a lazy restore (cryo pid %d) reads: %s", rr.cmd.Process.Pid,
+		line)
+	if !strings.Contains(line, fmt.Sprintf("pid %d", rr.cmd.Process.Pid)) ||
+		!strings.Contains(line, "reading") {
+		t.Errorf("the wait is logged as %q, want the holder, pid %d, and that it is reading",
+			line, rr.cmd.Process.Pid)
+	}
+
+	touch(t, m.trigger)
+	m.checkRestored(t, rr)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("checkpoint after the restore let go of the store: %v; stderr:\n%s", err,
+				stderr)
+		}
+	case <-time.After(cryoTimeout):
+		t.Fatalf("checkpoint still waits %v after the restore ended; stderr:\n%s",
+			cryoTimeout, stderr)
+	}
+	t.Logf("the waiting checkpoint made snapshot %s", strings.TrimSpace(stdout.String()))
+}
+
+// TestCheckpointNoParentWording checks the first checkpoint of a process says
+// it had no parent, and the second that it was scanned against its parent.
+func TestCheckpointNoParentWording(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	m := startMemfill(t, 8)
+	for i, want := range []string{"no parent", "against the parent"} {
+		r := cryo(t, store, "checkpoint", strconv.Itoa(m.p.pid))
+		if r.exit != 0 {
+			t.Fatalf("checkpoint %d: exit %d; stderr:\n%s", i+1, r.exit, r.stderr)
+		}
+		line := ""
+		for _, l := range strings.Split(r.stderr, "\n") {
+			if strings.Contains(l, "whole memory scanned") {
+				line = l
+			}
+		}
+		t.Logf("checkpoint %d: %s", i+1, line)
+		if !strings.Contains(line, want) {
+			t.Errorf("checkpoint %d says %q, want it to say %q", i+1, line, want)
+		}
 	}
 }
 
