@@ -32,6 +32,7 @@ func TestDetachLetsGoOfStdio(t *testing.T) {
 	checkpoint(t, store, m.p.pid)
 	m.p.kill(t)
 	t.Cleanup(func() { syscall.Kill(m.p.pid, syscall.SIGKILL) })
+	logFile := detachedLog(t, m.p.pid)
 
 	stdio := filepath.Join(t.TempDir(), "stdio")
 	cmd := exec.Command(cryoBin, "--store", store, "restore", "latest", "--detach",
@@ -89,7 +90,6 @@ func TestDetachLetsGoOfStdio(t *testing.T) {
 	touch(t, m.trigger)
 	waitOutput(t, m.p.out, "OK\n", restoreTimeout)
 	waitNoCryo(t)
-	logFile := fmt.Sprintf("/run/cryo/restore-%d.log", m.p.pid)
 	if b, err := os.ReadFile(logFile); err == nil {
 		t.Errorf("the page server left %s behind; it holds:\n%s\nwant it removed "+
 			"when the server has logged nothing", logFile, b)
@@ -339,4 +339,13 @@ func waitNoCryo(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// detachedLog returns the log file of the page server of a detached restore
+// of pid (see README, "Detached restores"), and removes it when t ends.
+func detachedLog(t *testing.T, pid int) string {
+	t.Helper()
+	path := fmt.Sprintf("/run/cryo/restore-%d.log", pid)
+	t.Cleanup(func() { os.Remove(path) })
+	return path
 }

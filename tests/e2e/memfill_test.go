@@ -223,7 +223,8 @@ func TestDedupAcrossSnapshots(t *testing.T) {
 
 // TestDetach checks `cryo restore --detach` returns, exit 0, once the process
 // runs, leaving it running on its own (its memory still served lazily), and
-// that the background page server exits once every page is in.
+// that the background page server exits once every page is in, having logged
+// to its file.
 func TestDetach(t *testing.T) {
 	requireE2E(t)
 	store := newStore(t)
@@ -257,5 +258,13 @@ func TestDetach(t *testing.T) {
 				procsRunning(cryoBin), readyTimeout)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The background server logged at the level asked for (info) to its file.
+	logFile := detachedLog(t, m.p.pid)
+	b, err := os.ReadFile(logFile)
+	if err != nil || !bytes.Contains(b, []byte("page server done")) {
+		t.Errorf("page server log %s: %v, holding:\n%s\nwant its info log (\"page server "+
+			"done\")", logFile, err, b)
 	}
 }
