@@ -62,7 +62,7 @@ func freezeThreads(pid int) (_ []int, err error) {
 			if seized[tid] {
 				continue
 			}
-			if err := ptrace.Seize(tid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
+			if err := ptrace.Seize(tid, remote.SeizeOptions); err != nil {
 				if tid != pid && threadGone(pid, tid) {
 					continue // it exited between the listing and the seize
 				}
