@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,7 +76,10 @@ type Result struct {
 // A tracker's state does not outlive this call (the uffd-wp tracker's userfaultfd
 // closes with it), so with Tracker "auto" a single checkpoint scans, and says so in
 // the snapshot; Session keeps a tracker armed from one checkpoint to the next.
-func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Result, error) {
+//
+// Cancelling ctx gives the checkpoint up as Session.Checkpoint says.
+func Checkpoint(ctx context.Context, store *pagestore.Store, pid int,
+	opts CheckpointOptions) (*Result, error) {
 	reason := ""
 	if opts.Tracker == "" || opts.Tracker == "auto" {
 		opts.Tracker = "scan"
@@ -90,7 +94,7 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 	if reason != "" {
 		s.fallback = reason
 	}
-	return s.Checkpoint(opts.Kill)
+	return s.Checkpoint(ctx, opts.Kill)
 }
 
 // Session checkpoints one process again and again, each snapshot incremental on
@@ -194,7 +198,14 @@ type frozen struct {
 //
 // Any failure leaves the process running as it was and the store without a new
 // snapshot; the next checkpoint is then a full scan again.
-func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
+//
+// Cancelling ctx gives the checkpoint up at the next point where that is safe:
+// between two steps of reading the stopped process (never while a system call
+// runs inside it) or between two runs of pages being stored. The process then
+// runs on as it was (with kill, it is not killed), the store gets no snapshot,
+// and the error wraps context.Cause(ctx). Once the snapshot is committed the
+// checkpoint is done, whatever ctx says.
+func (s *Session) Checkpoint(ctx context.Context, kill bool) (_ *Result, err error) {
 	start := time.Now()
 	pid := s.pid
 	defer func() {
@@ -205,6 +216,9 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	if err := precheckProcState(pid); err != nil { // before the process is touched
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	if err := givenUp(ctx, "stopping the process"); err != nil {
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
 
 	// The ptrace part runs on a goroutine locked to its OS thread, which ends with
 	// it (and so lets go of the process).
@@ -212,7 +226,7 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	resume := make(chan bool) // true: commit succeeded
 	go func() {
 		runtime.LockOSThread()
-		f := s.freezeAndCopy()
+		f := s.freezeAndCopy(ctx)
 		f.stop = time.Since(f.stopped)
 		if f.err != nil {
 			ch <- f
@@ -255,7 +269,7 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 		"pages", len(f.buf)/pageSize, "tracker", s.tracker.Name())
 
 	// The process runs again: store the pages.
-	info, err := s.write(f)
+	info, err := s.write(ctx, f)
 	if err != nil {
 		finishKill(false)
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
@@ -278,14 +292,29 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	return res, nil
 }
 
-// write stores the copied pages as a snapshot on the session's parent.
-func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
+// givenUp returns, once ctx is done, the error of a checkpoint given up before
+// step; nil before.
+func givenUp(ctx context.Context, step string) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("given up before %s (the process runs on as it was; no snapshot "+
+		"taken): %w", step, context.Cause(ctx))
+}
+
+// write stores the copied pages as a snapshot on the session's parent, unless ctx
+// is done first.
+func (s *Session) write(ctx context.Context, f frozen) (pagestore.SnapshotInfo, error) {
 	w, err := s.store.NewWriter(f.plan.parent)
 	if err != nil {
 		return pagestore.SnapshotInfo{}, err
 	}
 	off := 0
 	for _, r := range f.plan.copy {
+		if err := givenUp(ctx, "storing the pages"); err != nil {
+			w.Abort()
+			return pagestore.SnapshotInfo{}, err
+		}
 		n := int(r.pages) * pageSize
 		if err := w.AddPages(r.addr, f.buf[off:off+n]); err != nil {
 			w.Abort()
@@ -314,14 +343,18 @@ func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
 	case f.plan.fallback != "":
 		labels["fallback"] = f.plan.fallback
 	}
+	if err := givenUp(ctx, "committing the snapshot"); err != nil {
+		w.Abort()
+		return pagestore.SnapshotInfo{}, err
+	}
 	return w.Commit(pagestore.Meta{Image: meta, Labels: labels})
 }
 
 // freezeAndCopy seizes and stops the process, reads its state, asks the tracker
 // what was written and copies it, and says when it stopped the process. On
 // success the process is left stopped and traced by the calling thread; on failure
-// it runs on untouched.
-func (s *Session) freezeAndCopy() (f frozen) {
+// it runs on untouched. Once ctx is done it gives up at the next step.
+func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 	pid := s.pid
 	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
@@ -348,12 +381,23 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 
+	// Each step below that runs system calls in the process puts its registers
+	// back before it returns: between the steps, giving up is safe.
+	if err := givenUp(ctx, "reading the process"); err != nil {
+		return fail(err)
+	}
 	im, err := s.readImage(tids)
 	if err != nil {
 		return fail(err)
 	}
 	im.Stopped = jobStopped
+	if err := givenUp(ctx, "reading the signal handlers"); err != nil {
+		return fail(err)
+	}
 	if im.Sigactions, err = readSigactions(pid); err != nil {
+		return fail(err)
+	}
+	if err := givenUp(ctx, "reading the process-wide state"); err != nil {
 		return fail(err)
 	}
 	if im.Proc, err = readProcState(pid); err != nil {
@@ -361,6 +405,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 	}
 	tImage := time.Now()
 
+	if err := givenUp(ctx, "asking the tracker for written pages"); err != nil {
+		return fail(err)
+	}
 	dirty, fallback := s.collect(im)
 	tTrack := time.Now()
 	plan, err := s.planCopy(im, dirty, fallback)
@@ -368,6 +415,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 	tPlan := time.Now()
+	if err := givenUp(ctx, "copying the pages"); err != nil {
+		return fail(err)
+	}
 
 	held, err = copyPages(pid, im.VMAs, plan.copy, pre)
 	if err != nil {
