@@ -219,3 +219,44 @@ func TestBorrowTracerHelper(t *testing.T) {
 	}
 	t.Fatalf("never reached %q", point)
 }
+
+// BenchmarkBorrowedSyscall measures one getpid run inside a stopped sleep: the
+// cost of a borrowed call, with its two syscall stops.
+func BenchmarkBorrowedSyscall(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Fatal("needs root: ptrace of another process")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command("sleep", "100")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	if err := ptrace.Seize(pid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
+		b.Fatal(err)
+	}
+	if err := ptrace.Interrupt(pid); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ptrace.Wait(pid); err != nil {
+		b.Fatal(err)
+	}
+	bw, err := Borrow(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := bw.Syscall(unix.SYS_GETPID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if err := bw.Release(); err != nil {
+		b.Fatal(err)
+	}
+}
