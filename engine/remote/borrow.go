@@ -72,7 +72,9 @@ func (b *Borrowed) Pid() int { return b.pid }
 // Saved returns the registers the process stopped with.
 func (b *Borrowed) Saved() unix.PtraceRegs { return b.saved }
 
-// Syscall runs system call nr with up to six arguments in the process.
+// Syscall runs system call nr with up to six arguments in the process. An error
+// the call itself returns comes back as a bare unix.Errno; a failure to run it
+// is wrapped, naming the call and the pid.
 //
 // A thread in a group stop (SIGSTOP) runs the call too: under PTRACE_SEIZE a
 // resumed tracee runs although its group is stopped, and the kernel puts it back
