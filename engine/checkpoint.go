@@ -57,6 +57,8 @@ type Result struct {
 	Snapshot pagestore.SnapshotInfo
 
 	// Frozen is how long the process was stopped; Total is the whole checkpoint.
+	// A try given up because a signal arrived as the process was being stopped
+	// (logged at debug) stopped it too, for as long as reading its state took.
 	Frozen time.Duration
 	Total  time.Duration
 
@@ -226,7 +228,7 @@ func (s *Session) Checkpoint(ctx context.Context, kill bool) (_ *Result, err err
 	resume := make(chan bool) // true: commit succeeded
 	go func() {
 		runtime.LockOSThread()
-		f := s.freezeAndCopy(ctx)
+		f := s.freezeAndCopyRetrying(ctx)
 		f.stop = time.Since(f.stopped)
 		if f.err != nil {
 			ch <- f
@@ -348,6 +350,45 @@ func (s *Session) write(ctx context.Context, f frozen) (pagestore.SnapshotInfo, 
 		return pagestore.SnapshotInfo{}, err
 	}
 	return w.Commit(pagestore.Meta{Image: meta, Labels: labels})
+}
+
+// Tries after a signal race: a signal that arrives for the process while its
+// threads are being stopped fails the checkpoint (signalRaceError). A busy Go
+// program, whose runtime preempts its threads with SIGURG, loses that race about
+// one time in two on a loaded machine; each try is independent, so ten tries
+// fail about once in a thousand checkpoints.
+const (
+	signalTries      = 10
+	signalBackoff    = 10 * time.Millisecond // before the second try; doubled each time
+	signalBackoffMax = 80 * time.Millisecond // at most
+)
+
+// freezeAndCopyRetrying is freezeAndCopy, tried again up to signalTries times in
+// all while it fails because a signal arrived while the process was being
+// stopped. Each failed try has let the process go untouched; it runs a moment,
+// taking the signal, before the next. Precondition: as freezeAndCopy.
+func (s *Session) freezeAndCopyRetrying(ctx context.Context) frozen {
+	backoff := signalBackoff
+	for try := 1; ; try++ {
+		f := s.freezeAndCopy(ctx)
+		var race *signalRaceError
+		if !errors.As(f.err, &race) {
+			return f
+		}
+		if try == signalTries {
+			f.err = fmt.Errorf("%d tries: %w", try, f.err)
+			return f
+		}
+		s.log.Debug("signal arrived while stopping the process; trying again",
+			"pid", s.pid, "try", try, "signal", race.sig, "tid", race.tid,
+			"frozen", time.Since(f.stopped), "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return frozen{err: givenUp(ctx, "stopping the process again"), stopped: f.stopped}
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, signalBackoffMax)
+	}
 }
 
 // freezeAndCopy seizes and stops the process, reads its state, asks the tracker
