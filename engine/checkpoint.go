@@ -365,14 +365,15 @@ const (
 
 // freezeAndCopyRetrying is freezeAndCopy, tried again up to signalTries times in
 // all while it fails because a signal arrived while the process was being
-// stopped. Each failed try has let the process go untouched; it runs a moment,
+// stopped (unless it is in a job-control stop, where the signal stays until it
+// is continued). Each failed try has let the process go untouched; it runs a moment,
 // taking the signal, before the next. Precondition: as freezeAndCopy.
 func (s *Session) freezeAndCopyRetrying(ctx context.Context) frozen {
 	backoff := signalBackoff
 	for try := 1; ; try++ {
 		f := s.freezeAndCopy(ctx)
 		var race *signalRaceError
-		if !errors.As(f.err, &race) {
+		if !errors.As(f.err, &race) || race.stopped {
 			return f
 		}
 		if try == signalTries {
@@ -442,6 +443,10 @@ func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 		return fail(err)
 	}
 	if im.Proc, err = readProcState(pid); err != nil {
+		var race *signalRaceError
+		if errors.As(err, &race) {
+			race.stopped = jobStopped // no try will do better
+		}
 		return fail(err)
 	}
 	tImage := time.Now()

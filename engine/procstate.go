@@ -510,16 +510,30 @@ func checkPendingBlocked(p *image.Proc) error {
 // signalRaceError is a checkpoint given up because signal sig arrived for the
 // process (for thread tid, when not 0) while it was being stopped, and is about
 // to be delivered: a moment later it will have been, and a checkpoint can
-// succeed.
-type signalRaceError struct{ sig, tid int }
+// succeed. Not so when the process is in a job-control stop (stopped): the
+// signal waits for SIGCONT.
+type signalRaceError struct {
+	sig, tid int
+	stopped  bool
+}
 
 func (e *signalRaceError) Error() string {
-	who := "while the process was being stopped"
-	if e.tid != 0 {
-		who = fmt.Sprintf("for tid %d while it was being stopped", e.tid)
+	if e.stopped {
+		// Restore would have to queue the signal unblocked and then stop the
+		// process before it is delivered, which it cannot do yet.
+		return fmt.Sprintf("signal %d is pending for %s of the stopped process, to be "+
+			"delivered when it is continued: cryo cannot restore a stopped process with "+
+			"a signal on its way; checkpoint it once it has run", e.sig, e.who())
 	}
-	return fmt.Sprintf("signal %d arrived %s and is about to be delivered: try again",
-		e.sig, who)
+	return fmt.Sprintf("signal %d arrived for %s while it was being stopped and is about "+
+		"to be delivered: try again", e.sig, e.who())
+}
+
+func (e *signalRaceError) who() string {
+	if e.tid != 0 {
+		return fmt.Sprintf("tid %d", e.tid)
+	}
+	return "the process"
 }
 
 // readInside runs, in the stopped process, what only the process can ask:
