@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,8 @@ type Result struct {
 	Snapshot pagestore.SnapshotInfo
 
 	// Frozen is how long the process was stopped; Total is the whole checkpoint.
+	// A try given up because a signal arrived as the process was being stopped
+	// (logged at debug) stopped it too, for as long as reading its state took.
 	Frozen time.Duration
 	Total  time.Duration
 
@@ -75,7 +78,10 @@ type Result struct {
 // A tracker's state does not outlive this call (the uffd-wp tracker's userfaultfd
 // closes with it), so with Tracker "auto" a single checkpoint scans, and says so in
 // the snapshot; Session keeps a tracker armed from one checkpoint to the next.
-func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Result, error) {
+//
+// Cancelling ctx gives the checkpoint up as Session.Checkpoint says.
+func Checkpoint(ctx context.Context, store *pagestore.Store, pid int,
+	opts CheckpointOptions) (*Result, error) {
 	auto := opts.Tracker == "" || opts.Tracker == "auto"
 	if auto {
 		opts.Tracker = "scan"
@@ -92,7 +98,7 @@ func Checkpoint(store *pagestore.Store, pid int, opts CheckpointOptions) (*Resul
 		s.fallback = "a single checkpoint keeps no tracker armed between runs of cryo " +
 			"(cryo run and cryo watch do): scanned against the parent"
 	}
-	return s.Checkpoint(opts.Kill)
+	return s.Checkpoint(ctx, opts.Kill)
 }
 
 // noParent is the fallback reason of a snapshot that has no parent: there is
@@ -201,7 +207,14 @@ type frozen struct {
 //
 // Any failure leaves the process running as it was and the store without a new
 // snapshot; the next checkpoint is then a full scan again.
-func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
+//
+// Cancelling ctx gives the checkpoint up at the next point where that is safe:
+// between two steps of reading the stopped process (never while a system call
+// runs inside it) or between two runs of pages being stored. The process then
+// runs on as it was (with kill, it is not killed), the store gets no snapshot,
+// and the error wraps context.Cause(ctx). Once the snapshot is committed the
+// checkpoint is done, whatever ctx says.
+func (s *Session) Checkpoint(ctx context.Context, kill bool) (_ *Result, err error) {
 	start := time.Now()
 	pid := s.pid
 	defer func() {
@@ -212,6 +225,9 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	if err := precheckProcState(pid); err != nil { // before the process is touched
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
 	}
+	if err := givenUp(ctx, "stopping the process"); err != nil {
+		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
 
 	// The ptrace part runs on a goroutine locked to its OS thread, which ends with
 	// it (and so lets go of the process).
@@ -219,7 +235,7 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	resume := make(chan bool) // true: commit succeeded
 	go func() {
 		runtime.LockOSThread()
-		f := s.freezeAndCopy()
+		f := s.freezeAndCopyRetrying(ctx)
 		f.stop = time.Since(f.stopped)
 		if f.err != nil {
 			ch <- f
@@ -262,7 +278,7 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 		"pages", len(f.buf)/pageSize, "tracker", s.tracker.Name())
 
 	// The process runs again: store the pages.
-	info, err := s.write(f)
+	info, err := s.write(ctx, f)
 	if err != nil {
 		finishKill(false)
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
@@ -285,14 +301,29 @@ func (s *Session) Checkpoint(kill bool) (_ *Result, err error) {
 	return res, nil
 }
 
-// write stores the copied pages as a snapshot on the session's parent.
-func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
+// givenUp returns, once ctx is done, the error of a checkpoint given up before
+// step; nil before.
+func givenUp(ctx context.Context, step string) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("given up before %s (the process runs on as it was; no snapshot "+
+		"taken): %w", step, context.Cause(ctx))
+}
+
+// write stores the copied pages as a snapshot on the session's parent, unless ctx
+// is done first.
+func (s *Session) write(ctx context.Context, f frozen) (pagestore.SnapshotInfo, error) {
 	w, err := s.store.NewWriter(f.plan.parent)
 	if err != nil {
 		return pagestore.SnapshotInfo{}, err
 	}
 	off := 0
 	for _, r := range f.plan.copy {
+		if err := givenUp(ctx, "storing the pages"); err != nil {
+			w.Abort()
+			return pagestore.SnapshotInfo{}, err
+		}
 		n := int(r.pages) * pageSize
 		if err := w.AddPages(r.addr, f.buf[off:off+n]); err != nil {
 			w.Abort()
@@ -321,14 +352,58 @@ func (s *Session) write(f frozen) (pagestore.SnapshotInfo, error) {
 	case f.plan.fallback != "":
 		labels["fallback"] = f.plan.fallback
 	}
+	if err := givenUp(ctx, "committing the snapshot"); err != nil {
+		w.Abort()
+		return pagestore.SnapshotInfo{}, err
+	}
 	return w.Commit(pagestore.Meta{Image: meta, Labels: labels})
+}
+
+// Tries after a signal race: a signal that arrives for the process while its
+// threads are being stopped fails the checkpoint (signalRaceError). A busy Go
+// program, whose runtime preempts its threads with SIGURG, loses that race about
+// one time in two on a loaded machine; each try is independent, so ten tries
+// fail about once in a thousand checkpoints.
+const (
+	signalTries      = 10
+	signalBackoff    = 10 * time.Millisecond // before the second try; doubled each time
+	signalBackoffMax = 80 * time.Millisecond // at most
+)
+
+// freezeAndCopyRetrying is freezeAndCopy, tried again up to signalTries times in
+// all while it fails because a signal arrived while the process was being
+// stopped (unless it is in a job-control stop, where the signal stays until it
+// is continued). Each failed try has let the process go untouched; it runs a moment,
+// taking the signal, before the next. Precondition: as freezeAndCopy.
+func (s *Session) freezeAndCopyRetrying(ctx context.Context) frozen {
+	backoff := signalBackoff
+	for try := 1; ; try++ {
+		f := s.freezeAndCopy(ctx)
+		var race *signalRaceError
+		if !errors.As(f.err, &race) || race.stopped {
+			return f
+		}
+		if try == signalTries {
+			f.err = fmt.Errorf("%d tries: %w", try, f.err)
+			return f
+		}
+		s.log.Debug("signal arrived while stopping the process; trying again",
+			"pid", s.pid, "try", try, "signal", race.sig, "tid", race.tid,
+			"frozen", time.Since(f.stopped), "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return frozen{err: givenUp(ctx, "stopping the process again"), stopped: f.stopped}
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, signalBackoffMax)
+	}
 }
 
 // freezeAndCopy seizes and stops the process, reads its state, asks the tracker
 // what was written and copies it, and says when it stopped the process. On
 // success the process is left stopped and traced by the calling thread; on failure
-// it runs on untouched.
-func (s *Session) freezeAndCopy() (f frozen) {
+// it runs on untouched. Once ctx is done it gives up at the next step.
+func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 	pid := s.pid
 	fail := func(err error) frozen { return frozen{err: err, stopped: f.stopped} }
 
@@ -355,19 +430,37 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 
+	// Each step below that runs system calls in the process puts its registers
+	// back before it returns: between the steps, giving up is safe.
+	if err := givenUp(ctx, "reading the process"); err != nil {
+		return fail(err)
+	}
 	im, err := s.readImage(tids)
 	if err != nil {
 		return fail(err)
 	}
 	im.Stopped = jobStopped
+	if err := givenUp(ctx, "reading the signal handlers"); err != nil {
+		return fail(err)
+	}
 	if im.Sigactions, err = readSigactions(pid); err != nil {
 		return fail(err)
 	}
+	if err := givenUp(ctx, "reading the process-wide state"); err != nil {
+		return fail(err)
+	}
 	if im.Proc, err = readProcState(pid); err != nil {
+		var race *signalRaceError
+		if errors.As(err, &race) {
+			race.stopped = jobStopped // no try will do better
+		}
 		return fail(err)
 	}
 	tImage := time.Now()
 
+	if err := givenUp(ctx, "asking the tracker for written pages"); err != nil {
+		return fail(err)
+	}
 	dirty, fallback := s.collect(im)
 	tTrack := time.Now()
 	plan, err := s.planCopy(im, dirty, fallback)
@@ -375,6 +468,9 @@ func (s *Session) freezeAndCopy() (f frozen) {
 		return fail(err)
 	}
 	tPlan := time.Now()
+	if err := givenUp(ctx, "copying the pages"); err != nil {
+		return fail(err)
+	}
 
 	held, err = copyPages(pid, im.VMAs, plan.copy, pre)
 	if err != nil {

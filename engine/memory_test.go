@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -58,7 +59,7 @@ func TestPagemapReadMatchesScan(t *testing.T) {
 	checkpoint := func(step int, scan bool) *Result {
 		t.Helper()
 		usePagemapScan = func() bool { return scan }
-		r, err := Checkpoint(store, pid, CheckpointOptions{Tracker: "scan", Parent: ""})
+		r, err := Checkpoint(context.Background(), store, pid, CheckpointOptions{Tracker: "scan", Parent: ""})
 		if err != nil {
 			t.Fatalf("step %d: checkpoint (PAGEMAP_SCAN %v): %v", step, scan, err)
 		}

@@ -469,11 +469,11 @@ func parseTimers(b []byte, tids []int) ([]image.PosixTimer, error) {
 	return out, nil
 }
 
-// checkPendingBlocked refuses a pending signal that its thread (for the shared
-// queue: some thread) does not block. Such a signal arrived while the process
-// was being stopped and is delivered the moment it runs; the restored process
-// would have to be stopped in the middle of that delivery. Trying again a
-// moment later succeeds.
+// checkPendingBlocked refuses, with a *signalRaceError, a pending signal that its
+// thread (for the shared queue: some thread) does not block. Such a signal
+// arrived while the process was being stopped and is delivered the moment it
+// runs; the restored process would have to be stopped in the middle of that
+// delivery. Trying again a moment later succeeds, which Session.Checkpoint does.
 func checkPendingBlocked(p *image.Proc) error {
 	var all uint64 = ^uint64(0)
 	masks := make(map[int]uint64)
@@ -494,19 +494,46 @@ func checkPendingBlocked(p *image.Proc) error {
 	}
 	for _, info := range p.Pending {
 		if sig := unblocked(info, all); sig != 0 {
-			return fmt.Errorf("signal %d arrived while the process was being stopped and "+
-				"is about to be delivered: try again", sig)
+			return &signalRaceError{sig: sig}
 		}
 	}
 	for _, tp := range p.Threads {
 		for _, info := range tp.Pending {
 			if sig := unblocked(info, masks[tp.Tid]); sig != 0 {
-				return fmt.Errorf("signal %d arrived for tid %d while it was being stopped "+
-					"and is about to be delivered: try again", sig, tp.Tid)
+				return &signalRaceError{sig: sig, tid: tp.Tid}
 			}
 		}
 	}
 	return nil
+}
+
+// signalRaceError is a checkpoint given up because signal sig arrived for the
+// process (for thread tid, when not 0) while it was being stopped, and is about
+// to be delivered: a moment later it will have been, and a checkpoint can
+// succeed. Not so when the process is in a job-control stop (stopped): the
+// signal waits for SIGCONT.
+type signalRaceError struct {
+	sig, tid int
+	stopped  bool
+}
+
+func (e *signalRaceError) Error() string {
+	if e.stopped {
+		// Restore would have to queue the signal unblocked and then stop the
+		// process before it is delivered, which it cannot do yet.
+		return fmt.Sprintf("signal %d is pending for %s of the stopped process, to be "+
+			"delivered when it is continued: cryo cannot restore a stopped process with "+
+			"a signal on its way; checkpoint it once it has run", e.sig, e.who())
+	}
+	return fmt.Sprintf("signal %d arrived for %s while it was being stopped and is about "+
+		"to be delivered: try again", e.sig, e.who())
+}
+
+func (e *signalRaceError) who() string {
+	if e.tid != 0 {
+		return fmt.Sprintf("tid %d", e.tid)
+	}
+	return "the process"
 }
 
 // readInside runs, in the stopped process, what only the process can ask:

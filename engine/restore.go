@@ -306,9 +306,10 @@ func (r *Restored) guardStops(tid int, releasing bool) (done bool) {
 			r.held = removeTid(r.held, tid)
 			return false
 		case !ws.Stopped():
-		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP && ws.StopSignal() == unix.SIGTRAP &&
-			releasing:
-			// Our interrupt: every page is in.
+		case ptrace.Event(ws) == ptrace.PTRACE_EVENT_STOP && releasing:
+			// Our interrupt, every page being in; in a process that is stopped
+			// (SIGSTOP) it reports the group stop, which the thread goes back
+			// to once detached.
 			if err := ptrace.Detach(tid, 0); err != nil {
 				r.log.Warn("detach restored thread", "pid", r.Pid, "tid", tid, "err", err)
 			}

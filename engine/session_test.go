@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -83,11 +84,11 @@ func sessionMatchesFull(t *testing.T, bin, tracker string) {
 				t.Fatalf("step %d: writer said %q", step, line)
 			}
 		}
-		inc, err := s.Checkpoint(false)
+		inc, err := s.Checkpoint(context.Background(), false)
 		if err != nil {
 			t.Fatalf("step %d: incremental checkpoint: %v", step, err)
 		}
-		full, err := Checkpoint(store, pid, CheckpointOptions{Tracker: "scan", Parent: ""})
+		full, err := Checkpoint(context.Background(), store, pid, CheckpointOptions{Tracker: "scan", Parent: ""})
 		if err != nil {
 			t.Fatalf("step %d: full checkpoint: %v", step, err)
 		}

@@ -62,7 +62,7 @@ func freezeThreads(pid int) (_ []int, err error) {
 			if seized[tid] {
 				continue
 			}
-			if err := ptrace.Seize(tid, ptrace.PTRACE_O_TRACESYSGOOD); err != nil {
+			if err := ptrace.Seize(tid, remote.SeizeOptions); err != nil {
 				if tid != pid && threadGone(pid, tid) {
 					continue // it exited between the listing and the seize
 				}
@@ -310,8 +310,13 @@ func readThreadCalls(th *image.Thread, scratch uint64) (err error) {
 	le := binary.LittleEndian
 
 	if _, err := b.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, scratch); err != nil {
-		return fmt.Errorf("read clear_child_tid of tid %d: prctl PR_GET_TID_ADDRESS "+
-			"(needs CONFIG_CHECKPOINT_RESTORE): %w", tid, err)
+		hint := ""
+		if err == unix.EINVAL || err == unix.ENOSYS { // the call's own answer, bare
+			// A kernel without CONFIG_CHECKPOINT_RESTORE knows no such option.
+			hint = " (needs CONFIG_CHECKPOINT_RESTORE)"
+		}
+		return fmt.Errorf("read clear_child_tid of tid %d: prctl PR_GET_TID_ADDRESS%s: %w",
+			tid, hint, err)
 	}
 	if err := remote.ReadMem(tid, scratch, buf[:8]); err != nil {
 		return fmt.Errorf("read clear_child_tid of tid %d: %w", tid, err)

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/cryo-dev/cryo/engine"
 	"github.com/cryo-dev/cryo/engine/fds"
@@ -21,7 +25,12 @@ func (a *app) checkpointCmd() *cobra.Command {
 		Short: "Take a snapshot of a running process and let it run on",
 		Long: "Stops the process briefly, copies its state into the store and lets it run " +
 			"on; prints the new snapshot's id. With --kill the process stays stopped until " +
-			"the snapshot is durable and is then killed.",
+			"the snapshot is durable and is then killed.\n\n" +
+			"SIGINT, SIGTERM or SIGHUP give the checkpoint up: the process runs on as it " +
+			"was (not killed, even with --kill), no snapshot is taken, and cryo exits " +
+			"128+signal. SIGKILL cannot be caught: the process runs on as well, unless " +
+			"cryo dies in the instant a system call runs inside the process, which " +
+			"then kills the process rather than let it run on with wrong registers.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pid, err := strconv.Atoi(args[0])
@@ -37,10 +46,19 @@ func (a *app) checkpointCmd() *cobra.Command {
 			}
 			defer st.Close()
 
-			res, err := engine.Checkpoint(st, pid, engine.CheckpointOptions{
+			// From here on a signal that would end cryo gives the checkpoint up
+			// instead, at a point where the process can be let go as it was.
+			ctx, stop := interruptible()
+			defer stop()
+			res, err := engine.Checkpoint(ctx, st, pid, engine.CheckpointOptions{
 				Logger: a.log, Kill: kill, Tracker: tracker, Parent: parent,
 				Established: fds.Established(established),
 			})
+			var ie interruptedError
+			if errors.As(err, &ie) {
+				fmt.Fprintf(os.Stderr, "cryo: %v\n", err)
+				return exitError{code: 128 + int(ie.sig)}
+			}
 			if err != nil {
 				return err
 			}
@@ -64,6 +82,36 @@ func (a *app) checkpointCmd() *cobra.Command {
 			"one it was restored from)")
 	addEstablishedFlag(cmd, &established)
 	return cmd
+}
+
+// interruptedError is the cause of a command given up because cryo received sig.
+type interruptedError struct{ sig unix.Signal }
+
+func (e interruptedError) Error() string {
+	return "interrupted by " + unix.SignalName(e.sig)
+}
+
+// interruptible returns a context cancelled, with an interruptedError as its
+// cause, when cryo receives SIGINT, SIGTERM or SIGHUP, and a function that stops
+// listening. Until then those signals do not end cryo: a signal that comes after
+// the work is done is ignored.
+func interruptible() (context.Context, func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(interruptedError{s.(unix.Signal)})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
 }
 
 // addEstablishedFlag adds --established, which says what a checkpoint does with

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -331,7 +332,7 @@ func (p *periodic) loop(pid int, exited, stop <-chan struct{}) error {
 		default:
 		}
 
-		res, err := sess.Checkpoint(false)
+		res, err := sess.Checkpoint(context.Background(), false)
 		switch {
 		case err == nil:
 			p.done(res)

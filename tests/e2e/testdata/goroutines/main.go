@@ -13,12 +13,17 @@
 // the initial entries plus one per addition counted, each with its value, writes
 // one byte to each pipe and checks each reader got its byte, waits for the
 // sleepers, and prints "OK" (or "FAIL detail" and exits 1).
+//
+// With GOROUTINES_SPIN=N in its environment it also runs N goroutines that
+// spin in a loop without a function call until the trigger: the runtime can
+// preempt them only with a signal, SIGURG, which it sends every 10 ms to each.
 package main
 
 import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,6 +65,7 @@ func main() {
 		mu    sync.Mutex
 		added uint64 // under mu
 		count atomic.Uint64
+		spun  atomic.Uint64 // where the spinners leave their result
 		stop  atomic.Bool
 		wg    sync.WaitGroup
 	)
@@ -82,6 +88,19 @@ func main() {
 					time.Sleep(time.Duration(x%500) * time.Microsecond)
 				}
 			}
+		}(w)
+	}
+
+	spin, _ := strconv.Atoi(os.Getenv("GOROUTINES_SPIN"))
+	for w := range spin {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			x := uint64(w)
+			for !stop.Load() {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+			spun.Add(x & 1)
 		}(w)
 	}
 
