@@ -338,12 +338,13 @@ func (a *app) leaveCallerStdio(pid int) string {
 	return path
 }
 
-// openLog creates (or truncates) the log file at path, and its folder.
+// openLog creates (or truncates) the log file at path, and its folder; it does not
+// follow a symbolic link planted at path.
 func openLog(path string) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
 }
 
 // removeIfEmpty removes the file at path if nothing was written to it.
