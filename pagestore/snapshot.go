@@ -48,6 +48,24 @@ func (s *Store) OpenSnapshot(ref string) (*Snapshot, error) {
 	return sn, nil
 }
 
+// SnapshotImage returns the process description stored with the snapshot ref
+// names, reading only its manifest, not its page map.
+func (s *Store) SnapshotImage(ref string) ([]byte, error) {
+	if err := s.acquire(false); err != nil {
+		return nil, fmt.Errorf("read image of snapshot %s: %w", ref, err)
+	}
+	defer s.release(false)
+	id, err := s.resolveLocked(ref)
+	if err != nil {
+		return nil, fmt.Errorf("read image of snapshot %s: %w", ref, err)
+	}
+	m, err := s.readManifest(id)
+	if err != nil {
+		return nil, fmt.Errorf("read image of snapshot %s: %w", ref, err)
+	}
+	return m.Image, nil
+}
+
 func (s *Store) openSnapshot(ref string) (*Snapshot, error) {
 	id, err := s.resolveLocked(ref)
 	if err != nil {

@@ -196,6 +196,9 @@ func TestRoundTrip(t *testing.T) {
 	if string(sn.Image()) != `{"pid":1}` {
 		t.Fatalf("image %q", sn.Image())
 	}
+	if im, err := s.SnapshotImage(info.ID); err != nil || string(im) != `{"pid":1}` {
+		t.Fatalf("SnapshotImage: %q, %v", im, err)
+	}
 	checkSnapshotOpen(t, sn, want)
 }
 
