@@ -131,6 +131,11 @@ type Session struct {
 	// tracker was armed at exactly that snapshot.
 	parent string
 	armed  bool
+
+	// prevImage is the image of snapshot prevID, the parent once parentThread has
+	// read it or a checkpoint has taken it; nil when it could not be read.
+	prevImage *image.Image
+	prevID    string
 }
 
 // NewSession prepares to checkpoint pid. It checks nothing of the process yet
@@ -178,6 +183,36 @@ func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Sessi
 		return nil, fmt.Errorf("checkpoint pid %d: parent: %w", pid, err)
 	}
 	return s, nil
+}
+
+// parentThread returns the thread tid of the parent snapshot's image, or nil
+// when there is no parent, its image cannot be read, or it has no such thread.
+// It tells what a thread stopped in restart_syscall restarts (restartedCall);
+// the image is read (its manifest alone) the first time a checkpoint needs it.
+func (s *Session) parentThread(tid int) *image.Thread {
+	if s.parent == "" {
+		return nil
+	}
+	if s.prevID != s.parent {
+		s.prevImage, s.prevID = nil, s.parent
+		b, err := s.store.SnapshotImage(s.parent)
+		if err == nil {
+			s.prevImage, err = image.Unmarshal(b)
+		}
+		if err != nil {
+			s.log.Warn("parent image unreadable: a call resumed by restart_syscall "+
+				"returns EINTR on restore", "pid", s.pid, "parent", s.parent, "err", err)
+		}
+	}
+	if s.prevImage == nil {
+		return nil
+	}
+	for i := range s.prevImage.Threads {
+		if s.prevImage.Threads[i].Tid == tid {
+			return &s.prevImage.Threads[i]
+		}
+	}
+	return nil
 }
 
 // Close releases the tracker.
@@ -287,6 +322,7 @@ func (s *Session) Checkpoint(ctx context.Context, kill bool) (_ *Result, err err
 	finishKill(true)
 	s.parent = info.ID
 	s.armed = true
+	s.prevImage, s.prevID = f.im, info.ID
 
 	res := &Result{Snapshot: info, Frozen: f.stop, Total: total,
 		Tracker: s.tracker.Name(), Fallback: s.fallback, DirtyPages: f.dirty}
@@ -564,7 +600,7 @@ func (s *Session) readImage(tids []int) (*image.Image, error) {
 		return nil, err
 	}
 
-	if im.Threads, err = readThreads(pid, tids); err != nil {
+	if im.Threads, err = readThreads(pid, tids, s.parentThread); err != nil {
 		return nil, err
 	}
 	// Version 3 only when a thread's FPU state is an FXSAVE area: older cryos

@@ -967,7 +967,9 @@ const (
 // FUTEX_WAIT_BITSET, whose timeout is absolute), and otherwise returns EINTR: a
 // relative futex wait returns as on a spurious wake-up, poll as on a signal. (A
 // relative sleep whose caller asked for the time left is resumed exactly by
-// finalRegs instead.)
+// finalRegs instead.) A stop in restart_syscall is recorded as a stop in the call
+// it restarts where checkpoint could tell which (restartedCall); otherwise it
+// returns EINTR here.
 func resumeRegs(r image.Regs) unix.PtraceRegs {
 	regs := unix.PtraceRegs(r)
 	if int64(regs.Orig_rax) >= 0 {

@@ -218,14 +218,24 @@ func reapThread(tid int) {
 // The two calls write their answer to memory: 32 bytes below the leader's stack
 // pointer, beyond its red zone, which are put back afterwards.
 //
+// A thread stopped in restart_syscall is recorded as stopped in the call it
+// restarts when the previous snapshot tells which (restartedCall); prev returns
+// the thread of that snapshot with tid, or nil.
+//
 // Precondition: every thread is stopped and seized with PTRACE_O_TRACESYSGOOD, on
 // the tracer thread.
-func readThreads(pid int, tids []int) ([]image.Thread, error) {
+func readThreads(pid int, tids []int, prev func(tid int) *image.Thread) ([]image.Thread,
+	error) {
 	out := make([]image.Thread, 0, len(tids))
 	for _, tid := range tids {
 		th, err := readThread(tid)
 		if err != nil {
 			return nil, err
+		}
+		if isRestartStop(th.Regs) && prev != nil {
+			if nr, ok := restartedCall(th.Regs, prev(tid)); ok {
+				th.Regs.Orig_rax = nr
+			}
 		}
 		head, size, err := ptrace.GetRobustList(tid)
 		if err != nil {
@@ -252,10 +262,68 @@ func readThreads(pid int, tids []int) ([]image.Thread, error) {
 	return out, nil
 }
 
+// isRestartStop says whether a thread with registers regs is stopped in
+// restart_syscall, which returned ERESTART_RESTARTBLOCK: it was resuming a call
+// the kernel keeps the state of in its restart block, and will resume it again.
+func isRestartStop(regs image.Regs) bool {
+	return regs.Orig_rax == unix.SYS_RESTART_SYSCALL &&
+		-int64(regs.Rax) == errRestartRestartBlock
+}
+
+// restartedCall returns the system call a thread stopped in restart_syscall, with
+// registers regs, is resuming, as the previous snapshot's record prev of the same
+// thread tells it; ok is false when it does not tell.
+//
+// A call interrupted with ERESTART_RESTARTBLOCK (a relative sleep, a timed futex
+// wait, poll) is resumed by the kernel as restart_syscall, whose state (the
+// restart block: the function to go on with, the absolute deadline, the
+// arguments it needs) lives in the task, out of reach of ptrace and /proc: a stop
+// in it shows call 219 and no trace of the call restarted. Every such call that a
+// checkpoint stops and lets run on (or that SIGSTOP and SIGCONT interrupt) is in
+// restart_syscall at the next checkpoint. The registers still hold the call's
+// place and arguments: to restart, the kernel rewinds rip to the same syscall
+// instruction and sets rax alone (rcx and r11 are the instruction's own), so rip,
+// rdi, rsi, rdx, r10, r8 and r9 are those of the original call.
+//
+// So when the previous snapshot recorded this thread stopped with
+// ERESTART_RESTARTBLOCK in call nr at the same instruction with the same six
+// arguments, the restart block is nr's: the thread has been in that call since,
+// or in the very same call made again. The stop is then recorded as a stop in nr,
+// and resumes as the kernel resumes nr. For a relative sleep that is exact: the
+// time left is read afresh from the caller's timespec (readSleep), which the
+// kernel's restart (hrtimer_nanosleep_restart keeps the caller's rmtp in the
+// restart block) wrote at this stop from the absolute deadline, as nanosleep did
+// at the first; no figure from the previous snapshot is reused. An absolute
+// FUTEX_WAIT_BITSET is issued again, which is what futex_wait_restart does. A
+// relative futex wait and poll return EINTR, as they do at a first checkpoint
+// (their deadline is only in the restart block). An absolute clock_nanosleep
+// never gets here: the kernel restarts it with ERESTARTNOHAND, issuing the call
+// itself again.
+//
+// Without a previous snapshot (the first checkpoint into a store, or one whose
+// image cannot be read or shows the thread elsewhere) the call stays unknown and
+// returns EINTR on restore.
+func restartedCall(regs image.Regs, prev *image.Thread) (nr uint64, ok bool) {
+	if !isRestartStop(regs) || prev == nil {
+		return 0, false
+	}
+	p := prev.Regs
+	if -int64(p.Rax) != errRestartRestartBlock || int64(p.Orig_rax) < 0 ||
+		p.Orig_rax == unix.SYS_RESTART_SYSCALL {
+		return 0, false
+	}
+	if p.Rip != regs.Rip || p.Rdi != regs.Rdi || p.Rsi != regs.Rsi || p.Rdx != regs.Rdx ||
+		p.R10 != regs.R10 || p.R8 != regs.R8 || p.R9 != regs.R9 {
+		return 0, false
+	}
+	return p.Orig_rax, true
+}
+
 // readSleep returns what restore needs to resume the sleep a thread with
 // registers regs is stopped in, or nil: a relative nanosleep or clock_nanosleep
-// interrupted with ERESTART_RESTARTBLOCK, on a clock whose restart the kernel
-// keeps, whose caller asked for the time left (the kernel wrote it there when the
+// interrupted with ERESTART_RESTARTBLOCK (or restart_syscall resuming one, which
+// readThreads records as that call), on a clock whose restart the kernel keeps,
+// whose caller asked for the time left (the kernel wrote it there when the
 // thread was stopped). Without that address the time left is unknown, and the
 // sleep returns EINTR on restore.
 func readSleep(tid int, regs image.Regs) (*image.Sleep, error) {

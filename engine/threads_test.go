@@ -95,3 +95,48 @@ func TestXstateError(t *testing.T) {
 		t.Errorf("xstateError(nil) = %v", err)
 	}
 }
+
+// TestRestartedCall checks a stop in restart_syscall is taken for the call the
+// previous snapshot saw the thread stopped in only when the place and every
+// argument register match.
+func TestRestartedCall(t *testing.T) {
+	neg := func(e int64) uint64 { return uint64(-e) }
+	sleep := image.Regs{Orig_rax: unix.SYS_CLOCK_NANOSLEEP, Rax: neg(errRestartRestartBlock),
+		Rip: 0x401002, Rdi: 0, Rsi: 0, Rdx: 0x7ffd0010, R10: 0x7ffd0020}
+	restart := sleep
+	restart.Orig_rax = unix.SYS_RESTART_SYSCALL
+	for _, tc := range []struct {
+		name   string
+		regs   image.Regs
+		prev   func(*image.Regs) // nil: no previous thread
+		want   uint64
+		wantOK bool
+	}{
+		{"same place and arguments", restart, func(*image.Regs) {}, unix.SYS_CLOCK_NANOSLEEP, true},
+		{"no previous snapshot", restart, nil, 0, false},
+		{"not in restart_syscall", sleep, func(*image.Regs) {}, 0, false},
+		{"restart_syscall returned", func() image.Regs { r := restart; r.Rax = 0; return r }(),
+			func(*image.Regs) {}, 0, false},
+		{"other place", restart, func(r *image.Regs) { r.Rip += 16 }, 0, false},
+		{"other argument", restart, func(r *image.Regs) { r.R10 += 16 }, 0, false},
+		{"other sixth argument", restart, func(r *image.Regs) { r.R9 = 1 }, 0, false},
+		{"previous call not restarted", restart,
+			func(r *image.Regs) { r.Rax = neg(errRestartNoHand) }, 0, false},
+		{"previous call unknown too", restart,
+			func(r *image.Regs) { r.Orig_rax = unix.SYS_RESTART_SYSCALL }, 0, false},
+		{"previous stop outside a call", restart,
+			func(r *image.Regs) { r.Orig_rax = ^uint64(0) }, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var prev *image.Thread
+			if tc.prev != nil {
+				prev = &image.Thread{Regs: sleep}
+				tc.prev(&prev.Regs)
+			}
+			got, ok := restartedCall(tc.regs, prev)
+			if got != tc.want || ok != tc.wantOK {
+				t.Errorf("restartedCall = %d, %v; want %d, %v", got, ok, tc.want, tc.wantOK)
+			}
+		})
+	}
+}

@@ -147,7 +147,10 @@ func (v VMA) Len() uint64 { return v.End - v.Start }
 type Thread struct {
 	Tid int `json:"tid"`
 
-	// Regs is the x86-64 user_regs_struct, 27 words in kernel order.
+	// Regs is the x86-64 user_regs_struct, 27 words in kernel order, but for
+	// Orig_rax of a thread stopped in restart_syscall whose restarted call cryo
+	// knew (from the previous snapshot): that call's number, as if it were
+	// stopped in the call itself, which is how it is to be resumed.
 	Regs Regs `json:"regs"`
 
 	// Xstate is the NT_X86_XSTATE register set (the XSAVE area) as

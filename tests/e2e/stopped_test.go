@@ -17,11 +17,10 @@ import (
 // until SIGCONT, after which it carries on: `syscallwait sleep`, stopped in
 // nanosleep, must finish its sleep without EINTR or a garbage result.
 //
-// It is checkpointed once: checkpointed twice, it would see EINTR, since the
-// first checkpoint leaves the thread to resume its sleep with restart_syscall,
-// whose restart block the second cannot read. A busy Go program is left out: a
-// SIGURG its runtime sent as it was being stopped stays pending until SIGCONT,
-// which cryo refuses (a stopped process with a signal on its way).
+// It is checkpointed once (TestSyscallSleepTwice checkpoints a sleep twice). A
+// busy Go program is left out: a SIGURG its runtime sent as it was being stopped
+// stays pending until SIGCONT, which cryo refuses (a stopped process with a
+// signal on its way).
 func TestCheckpointStopped(t *testing.T) {
 	requireE2E(t)
 	for _, mode := range []string{"eager", "lazy"} {

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Syscall numbers on x86-64, as /proc/PID/syscall shows them.
@@ -129,4 +132,66 @@ func TestExitStatus(t *testing.T) {
 		t.Errorf("restored process was killed by SIGKILL, cryo restore exited %d, "+
 			"want 137; stderr:\n%s", code, r.stderr)
 	}
+}
+
+// TestSyscallSleepTwice checkpoints `syscallwait sleep` twice, the second
+// snapshot incremental on the first, then kills and restores it. The first
+// checkpoint's stop leaves the thread to resume its sleep with restart_syscall,
+// so the second finds it in that call rather than in nanosleep; the restored
+// sleep must still end without EINTR, at its original deadline: not before
+// (the workload checks that), and not a pause later either, though the process
+// stays dead for a while between the kill and the restore.
+func TestSyscallSleepTwice(t *testing.T) {
+	requireE2E(t)
+	const secs, gap = 5, 1500 * time.Millisecond
+	store := newStore(t)
+	dir := t.TempDir()
+	p := start(t, spawn{argv: []string{filepath.Join(binDir, "syscallwait"), "sleep",
+		strconv.Itoa(secs)}, stdoutFile: filepath.Join(dir, "stdout")})
+	waitOutput(t, p.out, "ready\n", readyTimeout)
+	deadline := time.Now().Add(secs * time.Second) // a little after the workload's
+	waitSyscall(t, p.pid, sysNanosleep, sysClockNanoslep)
+
+	first := checkpoint(t, store, p.pid)
+	waitSyscall(t, p.pid, sysRestartSyscall)
+	second := checkpoint(t, store, p.pid)
+	if parent := inspectParent(t, store, second); parent != first {
+		t.Fatalf("second snapshot %s has parent %q, want the first, %s", second, parent,
+			first)
+	}
+	p.kill(t)
+	time.Sleep(gap)
+
+	r := startRestore(t, store, "latest")
+	r.waitRunning(t, p.pid)
+	waitOutput(t, p.out, "slept", time.Until(deadline)+restoreTimeout)
+	woke := time.Now()
+	r.restoreOK(t, p.out)
+	if got := p.out.String(); !regexp.MustCompile(`^ready\nslept eintr=0\nOK\n$`).
+		MatchString(got) {
+		t.Errorf("syscallwait sleep checkpointed twice printed %q, want ready, "+
+			"slept eintr=0, OK", got)
+	}
+	// Resumed for the time left at the second checkpoint from the restore on,
+	// the sleep would end about gap late.
+	if late := woke.Sub(deadline); late > gap/2 {
+		t.Errorf("sleep ended %v after its deadline, want at it", late)
+	}
+	t.Logf("syscallwait sleep: woke %v after the deadline", woke.Sub(deadline))
+}
+
+// inspectParent returns the parent `cryo inspect --json id` shows, "" for none.
+func inspectParent(t *testing.T, store, id string) string {
+	t.Helper()
+	r := cryo(t, store, "inspect", id, "--json")
+	if r.exit != 0 {
+		t.Fatalf("cryo inspect %s --json: exit %d\nstderr:\n%s", id, r.exit, r.stderr)
+	}
+	var doc struct {
+		Parent string `json:"parent"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("cryo inspect --json: not JSON: %v\n%s", err, r.stdout)
+	}
+	return doc.Parent
 }
