@@ -126,6 +126,8 @@ func Restore(ctx context.Context, store *pagestore.Store, ref string, opts Resto
 	if !opts.Eager && !opts.NoPrefetch {
 		opts.order = loadWorkingSet(store, id)
 	}
+	log.Debug("snapshot loaded", "snapshot", id, "pages", len(pages.anonAddrs)+len(pages.direct),
+		"working_set", len(opts.order), "duration", time.Since(start))
 
 	for i, f := range opts.Stdio {
 		if f == nil {
@@ -364,20 +366,21 @@ type pageSet struct {
 // loadPages reads the snapshot's page map and checks every page against the layout:
 // a page outside the ranges that hold pages means a damaged or forged snapshot.
 func loadPages(snap *pagestore.Snapshot, im *image.Image) (*pageSet, error) {
-	entries, err := snap.PageMap()
-	if err != nil {
-		return nil, fmt.Errorf("read page map: %w", err)
-	}
-	ps := &pageSet{}
+	// Most pages of a large snapshot are private anonymous ones: size for them all
+	// at once, since growing two slices of a million entries step by step costs
+	// more than the memory the zero and direct pages leave unused.
+	n := snap.Info().Stats.Pages
+	ps := &pageSet{anonAddrs: make([]uint64, 0, n), anonIDs: make([]pagestore.PageID, 0, n)}
 	vmas := im.VMAs
 	i := 0
+	first := true
 	var prev uint64
-	for k, e := range entries {
-		if k > 0 && e.Addr <= prev {
+	for e := range snap.Pages() {
+		if !first && e.Addr <= prev {
 			return nil, fmt.Errorf("page map: page %#x follows page %#x: not in address order",
 				e.Addr, prev)
 		}
-		prev = e.Addr
+		first, prev = false, e.Addr
 		for i < len(vmas) && vmas[i].End <= e.Addr {
 			i++
 		}

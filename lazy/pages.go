@@ -94,9 +94,28 @@ func newSpace(ranges []Range, pages []uint64) *space {
 			bits: make([]uint64, (n+63)/64)})
 	}
 	slices.SortFunc(sp.exts, func(a, b extent) int { return cmpU64(a.start, b.start) })
+	// pages ascend, so one walk along the extents places them all; an address
+	// outside every extent (the source may list pages of ranges not registered)
+	// is skipped. Should a source break the order, the page out of order is
+	// looked up rather than lost, and the walk goes on from it.
+	ei := 0
+	var prev uint64
 	for _, p := range pages {
-		if ei, pi, ok := sp.lookup(p); ok {
-			sp.exts[ei].set(pi)
+		if p < prev {
+			var ok bool
+			if ei, _, ok = sp.lookup(p); !ok {
+				ei = 0
+			}
+		}
+		prev = p
+		for ei < len(sp.exts) && sp.exts[ei].end() <= p {
+			ei++
+		}
+		if ei == len(sp.exts) {
+			continue
+		}
+		if e := &sp.exts[ei]; p >= e.start {
+			e.set(int((p - e.start) / pageSize))
 		}
 	}
 	for i := range sp.exts {

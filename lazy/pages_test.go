@@ -79,3 +79,28 @@ func TestSpace(t *testing.T) {
 		t.Errorf("lookupSrc(125) = %v %v %v", ei, pi, ok)
 	}
 }
+
+// TestSpacePages: newSpace marks exactly the listed pages that fall in a range,
+// whether the list ascends (one walk) or not (each page out of order looked up),
+// and skips those between and beyond the ranges.
+func TestSpacePages(t *testing.T) {
+	const P = pageSize
+	ranges := []Range{{10 * P, 20 * P}, {40 * P, 42 * P}, {50 * P, 60 * P}}
+	sorted := []uint64{1 * P, 10 * P, 13 * P, 19 * P, 20 * P, 30 * P, 41 * P, 50 * P, 59 * P,
+		70 * P}
+	want := map[uint64]bool{10 * P: true, 13 * P: true, 19 * P: true, 41 * P: true,
+		50 * P: true, 59 * P: true}
+	shuffled := []uint64{59 * P, 70 * P, 10 * P, 41 * P, 1 * P, 19 * P, 50 * P, 30 * P,
+		13 * P, 20 * P}
+	for name, pages := range map[string][]uint64{"ascending": sorted, "shuffled": shuffled} {
+		got := pendingSet(newSpace(ranges, pages))
+		if len(got) != len(want) {
+			t.Errorf("%s: %d pages pending, want %d", name, len(got), len(want))
+		}
+		for a := range want {
+			if _, ok := got[a]; !ok {
+				t.Errorf("%s: page %d not pending", name, a/P)
+			}
+		}
+	}
+}

@@ -473,6 +473,11 @@ func decodeManifest(b []byte) (*manifest, error) {
 	if m.Stats.Pages < 0 || m.Stats.ZeroPages < 0 {
 		return nil, formatErr("manifest: negative stats")
 	}
+	// Readers size tables by the page count: it must fit in the windows listed.
+	if uint64(m.Stats.Pages) > uint64(nw)*windowSlots {
+		return nil, formatErr("manifest: %d pages in %d windows of %d", m.Stats.Pages, nw,
+			windowSlots)
+	}
 	// Not stored: every entry was either added (zero, new or dedup) or carried.
 	m.Stats.CarriedPages = m.Stats.Pages - m.Stats.ZeroPages - m.Stats.NewPages -
 		m.Stats.DedupPages
