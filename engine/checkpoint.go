@@ -465,6 +465,7 @@ func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 	if tids, err = freezeThreads(pid); err != nil {
 		return fail(err)
 	}
+	tFrozen := time.Now()
 
 	// Each step below that runs system calls in the process puts its registers
 	// back before it returns: between the steps, giving up is safe.
@@ -476,6 +477,7 @@ func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 		return fail(err)
 	}
 	im.Stopped = jobStopped
+	tRead := time.Now()
 	if err := givenUp(ctx, "reading the signal handlers"); err != nil {
 		return fail(err)
 	}
@@ -512,7 +514,8 @@ func (s *Session) freezeAndCopy(ctx context.Context) (f frozen) {
 	if err != nil {
 		return fail(err)
 	}
-	s.log.Debug("frozen phases", "pid", pid, "stop_and_image", tImage.Sub(f.stopped),
+	s.log.Debug("frozen phases", "pid", pid, "stop", tFrozen.Sub(f.stopped),
+		"image", tRead.Sub(tFrozen), "state", tImage.Sub(tRead),
 		"track", tTrack.Sub(tImage), "plan", tPlan.Sub(tTrack), "copy", time.Since(tPlan),
 		"bytes", len(held))
 

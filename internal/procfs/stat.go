@@ -22,6 +22,7 @@ type Stat struct {
 	StartCode  uint64 // (26)
 	EndCode    uint64 // (27)
 	StartStack uint64 // (28)
+	Processor  int    // (39) the CPU the task last ran on
 	StartData  uint64 // (45)
 	EndData    uint64 // (46)
 	StartBrk   uint64 // (47)
@@ -100,6 +101,7 @@ func ParseStat(b []byte) (*Stat, error) {
 	st.StartCode = num(26)
 	st.EndCode = num(27)
 	st.StartStack = num(28)
+	st.Processor = int(num(39))
 	st.StartData = num(45)
 	st.EndData = num(46)
 	st.StartBrk = num(47)
