@@ -550,6 +550,12 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		if err != nil {
 			cancel()
 			<-r.pagesDone
+			// A page the server could not read (a damaged store) kills the process,
+			// which the step that was running then reports only as its death:
+			// the server's error is the one that names the page.
+			if r.serveErr != nil && !errors.Is(r.serveErr, context.Canceled) {
+				err = fmt.Errorf("%w (the process died under it: %v)", r.serveErr, err)
+			}
 		}
 	}()
 	// From here the process may touch its memory through injected syscalls (rseq

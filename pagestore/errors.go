@@ -24,6 +24,9 @@ var (
 	ErrNoParent = errors.New("writer has no parent snapshot")
 	// ErrClosed means the Store, Writer or Snapshot was already closed.
 	ErrClosed = errors.New("closed")
+	// ErrInterrupted means a wait for another process's lock ended because
+	// Options.Interrupt was closed.
+	ErrInterrupted = errors.New("interrupted while waiting for the store lock")
 )
 
 // CorruptionError reports damage found in a file of the store: a checksum or hash

@@ -24,10 +24,11 @@ import (
 // The holder of the exclusive lock writes its pid into the file, so that a
 // refused caller can name it even where /proc/locks is not readable.
 type storeLock struct {
-	dir  string
-	f    *os.File
-	wait time.Duration // how long lock waits for another process's lock
-	log  *slog.Logger
+	dir       string
+	f         *os.File
+	wait      time.Duration // how long lock waits for another process's lock
+	log       *slog.Logger
+	interrupt <-chan struct{} // closed: a wait ends with ErrInterrupted
 
 	mu     sync.Mutex
 	shared int  // in-process shared holders
@@ -88,7 +89,11 @@ func (l *storeLock) lock(exclusive bool) (first bool, err error) {
 			l.log.Warn("waiting for the store lock", "store", l.dir, "holder", h.holder(),
 				"mode", h.mode(), "up_to", l.wait)
 		}
-		time.Sleep(pause)
+		select {
+		case <-l.interrupt:
+			return false, fmt.Errorf("lock store %s: %w", l.dir, ErrInterrupted)
+		case <-time.After(pause):
+		}
 		pause = min(2*pause, 200*time.Millisecond)
 	}
 	if exclusive {

@@ -38,6 +38,10 @@ type Options struct {
 	// with a LockedError naming that process. Zero fails at once. A caller that
 	// has to wait logs it once, at Warn, naming the holder and its mode.
 	LockWait time.Duration
+	// Interrupt, once closed, ends any wait for another process's lock at once,
+	// with an error matching ErrInterrupted: a command that catches SIGINT closes
+	// it, so that Ctrl-C never sits out LockWait.
+	Interrupt <-chan struct{}
 	// NoCreate refuses to create a store where there is none (ErrNotFound):
 	// for commands that only read, where a mistyped path must not look like an
 	// empty store.
@@ -108,7 +112,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open page store %s: %w", dir, err)
 	}
-	lk.wait, lk.log = opts.LockWait, opts.Logger
+	lk.wait, lk.log, lk.interrupt = opts.LockWait, opts.Logger, opts.Interrupt
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(opts.Workers),
 		zstd.WithDecoderMaxMemory(1<<20))
 	if err != nil {

@@ -518,3 +518,46 @@ func TestLockWaitSaysSo(t *testing.T) {
 			"mode (reading)", out)
 	}
 }
+
+// TestLockWaitInterrupted checks that closing Options.Interrupt ends a wait for
+// another holder's lock at once, with ErrInterrupted, and that the holder's
+// snapshot is untouched.
+func TestLockWaitInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	a := openTest(t, dir)
+	w, err := a.NewWriter("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := w.Commit(Meta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := a.OpenSnapshot(info.ID) // holds a read lock until closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+
+	interrupt := make(chan struct{})
+	b, err := Open(dir, Options{LockWait: time.Minute, Interrupt: interrupt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	time.AfterFunc(200*time.Millisecond, func() { close(interrupt) })
+	start := time.Now()
+	_, err = b.NewWriter("")
+	took := time.Since(start)
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("writer while a snapshot is open, interrupted: %v, want ErrInterrupted", err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the interrupted wait lasted %v, want it to end when Interrupt closed", took)
+	}
+	again, err := a.OpenSnapshot(info.ID)
+	if err != nil {
+		t.Fatalf("snapshot %s after the interrupted wait: %v", info.ID, err)
+	}
+	again.Close()
+}

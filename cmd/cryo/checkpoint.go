@@ -13,6 +13,7 @@ import (
 
 	"github.com/cryo-dev/cryo/engine"
 	"github.com/cryo-dev/cryo/engine/fds"
+	"github.com/cryo-dev/cryo/pagestore"
 )
 
 func (a *app) checkpointCmd() *cobra.Command {
@@ -48,14 +49,15 @@ func (a *app) checkpointCmd() *cobra.Command {
 
 			// From here on a signal that would end cryo gives the checkpoint up
 			// instead, at a point where the process can be let go as it was.
-			ctx, stop := interruptible()
+			ctx, stop := interruptible(a.interrupted)
 			defer stop()
 			res, err := engine.Checkpoint(ctx, st, pid, engine.CheckpointOptions{
 				Logger: a.log, Kill: kill, Tracker: tracker, Parent: parent,
 				Established: fds.Established(established),
 			})
 			var ie interruptedError
-			if errors.As(err, &ie) {
+			if errors.As(err, &ie) || errors.Is(err, pagestore.ErrInterrupted) &&
+				errors.As(context.Cause(ctx), &ie) {
 				fmt.Fprintf(os.Stderr, "cryo: %v\n", err)
 				return exitError{code: 128 + int(ie.sig)}
 			}
@@ -92,10 +94,10 @@ func (e interruptedError) Error() string {
 }
 
 // interruptible returns a context cancelled, with an interruptedError as its
-// cause, when cryo receives SIGINT, SIGTERM or SIGHUP, and a function that stops
-// listening. Until then those signals do not end cryo: a signal that comes after
-// the work is done is ignored.
-func interruptible() (context.Context, func()) {
+// cause, when cryo receives SIGINT, SIGTERM or SIGHUP (calling onSignal first),
+// and a function that stops listening. Until then those signals do not end cryo:
+// a signal that comes after the work is done is ignored.
+func interruptible(onSignal func()) (context.Context, func()) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -103,6 +105,7 @@ func interruptible() (context.Context, func()) {
 	go func() {
 		select {
 		case s := <-sigs:
+			onSignal()
 			cancel(interruptedError{s.(unix.Signal)})
 		case <-done:
 		}

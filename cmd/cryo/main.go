@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -70,10 +71,18 @@ type app struct {
 	storeDir string
 	logLevel string
 	log      *slog.Logger
+
+	// interrupt is closed (by interrupted) when a command that catches SIGINT,
+	// SIGTERM or SIGHUP gets one: a wait for the store lock then ends at once.
+	interrupt     chan struct{}
+	interruptOnce sync.Once
 }
 
+// interrupted ends every wait for the store lock of this command.
+func (a *app) interrupted() { a.interruptOnce.Do(func() { close(a.interrupt) }) }
+
 func newRoot() *cobra.Command {
-	a := &app{}
+	a := &app{interrupt: make(chan struct{})}
 	root := &cobra.Command{
 		Use:           "cryo",
 		Short:         "Checkpoint live Linux processes and restore them lazily",
@@ -104,7 +113,8 @@ func newRoot() *cobra.Command {
 
 // openStore opens the store the flags name.
 func (a *app) openStore() (*pagestore.Store, error) {
-	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, LockWait: lockWait})
+	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, LockWait: lockWait,
+		Interrupt: a.interrupt})
 }
 
 // lockWait is how long a command waits for another cryo holding the store.
@@ -114,5 +124,5 @@ const lockWait = time.Minute
 // a path with no store there is an error, not a new empty store.
 func (a *app) openExisting() (*pagestore.Store, error) {
 	return pagestore.Open(a.storeDir, pagestore.Options{Logger: a.log, NoCreate: true,
-		LockWait: lockWait})
+		LockWait: lockWait, Interrupt: a.interrupt})
 }

@@ -167,6 +167,7 @@ func (a *app) run(f *periodicFlags, args []string) error {
 		for s := range sigs {
 			once.Do(func() {
 				a.log.Info("stopping checkpoints", "signal", s)
+				a.interrupted()
 				close(stop)
 			})
 			if s != unix.SIGTERM && inForeground() || gone.Load() {
@@ -227,6 +228,7 @@ func (a *app) watch(f *periodicFlags, pid int) error {
 	go func() {
 		s := <-sigs
 		a.log.Info("stopping checkpoints", "signal", s)
+		a.interrupted()
 		close(stop)
 	}()
 

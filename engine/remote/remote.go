@@ -114,7 +114,7 @@ func (t *Task) runToTrap() error {
 		case ws.Exited():
 			return fmt.Errorf("tracee exited with status %d", ws.ExitStatus())
 		case ws.Signaled():
-			return fmt.Errorf("tracee killed by %v", ws.Signal())
+			return fmt.Errorf("tracee killed by %s", unix.SignalName(ws.Signal()))
 		case !ws.Stopped():
 			continue
 		case ws.StopSignal() == unix.SIGTRAP && ptrace.Event(ws) == 0:
