@@ -37,6 +37,12 @@ type storeLock struct {
 
 func openLock(dir, path string) (*storeLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fileMode)
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
+		// A store on a read-only mount (or one this user may only read) can still
+		// be listed, verified and restored from: flock needs no write access.
+		// Whatever would write fails later, naming the file it could not write.
+		f, err = os.Open(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open lock file: %w", err)
 	}
