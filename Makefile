@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 20m
 CRYO_E2E_REQUIRE ?= 1
 export CRYO_E2E_REQUIRE
 
-.PHONY: all build deps test e2e test-vm bench demo clean
+.PHONY: all build deps demo-deps test e2e test-vm bench demo clean
 
 all: build
 
@@ -79,7 +79,13 @@ test-vm:
 bench: deps
 	$(GO) run ./bench $(BENCH_FLAGS) -out bench-out
 
-demo: deps build
+# The demo needs only python3 (Debian has it; a minimal image may not): it does
+# not wait for what the tests install.
+demo-deps:
+	@command -v python3 >/dev/null 2>&1 || { echo "installing: python3"; \
+		apt-get update && apt-get install -y python3; }
+
+demo: demo-deps build
 	tests/demo.sh $(BIN)
 
 

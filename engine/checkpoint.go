@@ -138,6 +138,9 @@ type Session struct {
 	prevID    string
 }
 
+// pfKthread is the kernel's PF_KTHREAD task flag (include/linux/sched.h).
+const pfKthread = 0x00200000
+
 // NewSession prepares to checkpoint pid. It checks nothing of the process yet
 // beyond its existence.
 func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Session, error) {
@@ -151,6 +154,10 @@ func NewSession(store *pagestore.Store, pid int, opts CheckpointOptions) (*Sessi
 	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint pid %d: %w", pid, err)
+	}
+	if st.Flags&pfKthread != 0 {
+		return nil, fmt.Errorf("checkpoint pid %d: %s is a kernel thread, not a process "+
+			"with memory of its own: %w", pid, st.Comm, ErrUnsupported)
 	}
 	if (st.State == 'Z' || st.State == 'X') && st.NumThreads > 1 {
 		return nil, fmt.Errorf("checkpoint pid %d: thread group leader has exited "+

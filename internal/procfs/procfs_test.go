@@ -156,7 +156,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Stat{Pid: 5278, Comm: "a) (b c)", State: 'S', Ppid: 1, NumThreads: 1,
+	want := Stat{Pid: 5278, Comm: "a) (b c)", State: 'S', Ppid: 1, Flags: 4194304, NumThreads: 1,
 		StartTime: 43649, StartCode: 94516859256832, EndCode: 94516859258081,
 		StartStack: 140736918517600, Processor: 1, StartData: 94516859268560,
 		EndData: 94516859269280, StartBrk: 94517382557696, ArgStart: 140736918522585,

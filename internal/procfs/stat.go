@@ -16,6 +16,7 @@ type Stat struct {
 	Comm       string // (2) without the parentheses; may contain spaces and ')'
 	State      byte   // (3) R, S, D, T, t, Z, ...
 	Ppid       int    // (4)
+	Flags      uint64 // (9) the kernel's PF_* flags of the task
 	NumThreads int    // (20)
 	StartTime  uint64 // (22) in clock ticks after boot
 
@@ -96,6 +97,7 @@ func ParseStat(b []byte) (*Stat, error) {
 		return v
 	}
 	st.Ppid = int(num(4))
+	st.Flags = num(9)
 	st.NumThreads = int(num(20))
 	st.StartTime = num(22)
 	st.StartCode = num(26)

@@ -349,3 +349,19 @@ func detachedLog(t *testing.T, pid int) string {
 	t.Cleanup(func() { os.Remove(path) })
 	return path
 }
+
+// TestCheckpointKernelThread checks a kernel thread (kthreadd, pid 2) is refused
+// by name before anything is tried on it, and the store is left empty.
+func TestCheckpointKernelThread(t *testing.T) {
+	requireE2E(t)
+	store := newStore(t)
+	r := cryo(t, store, "checkpoint", "2")
+	t.Logf("cryo checkpoint 2 (exit %d): %s", r.exit, strings.TrimSpace(r.stderr))
+	if r.exit != 1 || !strings.Contains(r.stderr, "pid 2: kthreadd is a kernel thread") {
+		t.Errorf("checkpoint of kthreadd: exit %d, stderr %q; want exit 1 and an error "+
+			"saying pid 2 is a kernel thread", r.exit, r.stderr)
+	}
+	if ids := listSnapshots(t, store); len(ids) != 0 {
+		t.Errorf("store holds %v after a refused checkpoint", ids)
+	}
+}
