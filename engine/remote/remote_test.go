@@ -131,7 +131,7 @@ const helperEnv = "CRYO_REMOTE_TRACER_DIES"
 // the [vdso] code after the syscall instruction with registers not its own.
 func TestBorrowTracerKilled(t *testing.T) {
 	if os.Getenv(helperEnv) != "" {
-		t.Skip("the helper itself")
+		t.Skip("not a test in this process: it is the helper process TestBorrowTracerKilled started")
 	}
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: ptrace of another process")
@@ -183,7 +183,8 @@ func TestBorrowTracerKilled(t *testing.T) {
 func TestBorrowTracerHelper(t *testing.T) {
 	point, spid, ok := strings.Cut(os.Getenv(helperEnv), ":")
 	if !ok {
-		t.Skip("run by TestBorrowTracerKilled only")
+		t.Skip("not a test on its own: the helper process TestBorrowTracerKilled starts, with " +
+			helperEnv + " set; that test runs it")
 	}
 	pid, err := strconv.Atoi(spid)
 	if err != nil {
