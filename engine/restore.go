@@ -470,7 +470,7 @@ func rebuild(ctx context.Context, im *image.Image, snap *pagestore.Snapshot, ps 
 		return nil, err
 	}
 	defer killHost(host)
-	// Hundreds of calls are injected below, each two wake-ups between this thread
+	// Tens of calls are injected below, each two wake-ups between this thread
 	// and the process: keep them on one CPU.
 	defer remote.PinNear(host.Pid)()
 
